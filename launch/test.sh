@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install radial_jax with its test extra into .venv and run the whole test suite (slow tests included).
+# Extra arguments go to pytest, e.g. `bash launch/test.sh -m "not slow" -x`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv || exit 1
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip || exit 1
+# The pinned torch first, so the test extra's unpinned `torch` is met and never pulls another (multi-GB) build.
+.venv/bin/python -m pip install --quiet torch==2.13.0 || exit 1
+.venv/bin/python -m pip install --quiet -e ".[test]" || exit 1
+.venv/bin/python -m pytest -q --durations=15 "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests (exit 5): nothing selected"
+  exit 0
+fi
+exit "$rc"

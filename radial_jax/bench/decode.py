@@ -1,0 +1,242 @@
+"""Benchmark: decode latency per token, radial vs dense, and dense vs Hugging Face transformers.
+
+For each model (default: configs/radial_tiny.yaml and configs/tiny.yaml with random weights, or
+trained run directories) it prefills a prompt of Python source (the corpus's style), then times
+sampled decoding (temperature 0.8, seeded) the way `radial generate` runs it: one jitted
+decode-and-sample call per token and the token read back on the host. Windows of all models are
+interleaved, so changes in machine load hit them alike; the table gives the median and the best
+window. Batch 1 (radial: the lax.switch path, only the chosen layer runs;
+also the batched path for comparison) and batch 8. Reports ms per decode step, tokens/s and the
+measured mean active depth (blocks run per token). Then, if transformers and torch import, a
+Llama model of the dense config's shape (random weights) decoding with `generate()` on the CPU:
+its per-token time is (t(N new tokens) - t(1 new token)) / (N - 1), so prefill is excluded as for
+ours. Prints a table and JSON; never asserts a time. `radial bench decode [--out FILE]`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from radial_jax.config import Config, ff_dim, head_dim, load_config
+from radial_jax.generate.sampling import Generator, Sampling
+from radial_jax.model.build import build_model
+from radial_jax.model.kv_cache import init_cache
+
+DEFAULT_CONFIGS = ("configs/radial_tiny.yaml", "configs/tiny.yaml")
+BATCHES = (1, 8)
+
+
+def prompts(batch: int, length: int) -> list[list[int]]:
+    """`batch` byte-token prompts (BOS + Python source from the standard library) of `length`."""
+    import json as json_mod
+    import textwrap
+
+    text = inspect.getsource(json_mod) + inspect.getsource(textwrap)
+    data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+    starts = np.linspace(0, len(data) - length, batch).astype(int)
+    return [[256, *data[s:s + length - 1].tolist()] for s in starts]
+
+
+class DecodeTimer:
+    """Greedy decoding of one model at one batch size, timed in windows of `new_tokens` steps.
+
+    `run` interleaves the windows of all timers, so a change in machine load hits them alike."""
+
+    def __init__(self, cfg: Config, graphdef, params, *, batch: int, prompt_len: int, new_tokens: int,
+                 windows: int, switch: bool | None = None, warmup: int = 3):
+        self.gen = Generator(cfg, graphdef, params, switch=switch)
+        self.params, self.batch, self.new_tokens = params, batch, new_tokens
+        self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
+        self.i = 0
+        self.key = jax.random.PRNGKey(0)
+        self.cache = init_cache(cfg, batch, prompt_len + warmup + windows * new_tokens)
+        toks = jnp.asarray(prompts(batch, prompt_len))
+        lengths = jnp.full((batch,), prompt_len, jnp.int32)
+        self.token, _, self.cache = self.gen.prefill(toks, lengths, self.cache, self.key, self.rule)
+        self.times: list[float] = []
+        self.depths: list = []
+        for _ in range(warmup):  # compiles the step
+            self._step()
+
+    def _step(self):
+        self.i += 1
+        self.token, depth, self.cache = self.gen.step(self.token, self.cache, self.key, self.i, self.rule)
+        np.asarray(self.token)  # as generation does: the host reads each token (streaming, EOS)
+        return depth
+
+    def window(self) -> None:
+        t0 = time.perf_counter()
+        for _ in range(self.new_tokens):
+            self.depths.append(self._step())
+        self.times.append((time.perf_counter() - t0) / self.new_tokens)
+
+    def result(self) -> dict:
+        step_s = statistics.median(self.times)
+        mean_depth = float(np.mean(np.asarray(jnp.stack(self.depths))))
+        return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
+                "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
+                "mean_active_depth": mean_depth, "max_depth": self.gen.max_depth,
+                "active_fraction": mean_depth / self.gen.max_depth}
+
+
+def time_transformers(cfg: Config, *, batch: int, prompt_len: int, new_tokens: int, windows: int,
+                      threads: int | None = None):
+    """Per-token decode time of transformers' LlamaForCausalLM.generate() on the CPU, or None.
+
+    threads: torch's intra-op threads (None: torch's default); on a busy machine one thread can be
+    ten times faster than several spinning ones, so `run` times both and reports each."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        print(f"transformers comparison skipped: {e} (install with `pip install '.[bench]'`)")
+        return None
+    m = cfg.model
+    llama = transformers.LlamaConfig(
+        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=ff_dim(m),
+        num_hidden_layers=m.n_layers, num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,
+        head_dim=head_dim(m), rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+        tie_word_embeddings=m.tie_embeddings, max_position_embeddings=prompt_len + new_tokens + 8,
+        hidden_act="silu", attention_bias=False, mlp_bias=False)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(llama).to(torch.float32).eval()
+    ids = torch.tensor(prompts(batch, prompt_len), dtype=torch.long)
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=True, temperature=0.8, top_k=0, top_p=1.0, use_cache=True,
+                           pad_token_id=0, eos_token_id=None)
+        return time.perf_counter() - t0
+
+    run(new_tokens)  # warm-up
+    per_token = []
+    for _ in range(windows):
+        one = min(run(1) for _ in range(3))
+        per_token.append((run(new_tokens) - one) / (new_tokens - 1))
+    step_s = statistics.median(per_token)
+    return {"batch": batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(per_token),
+            "ms_max": 1e3 * max(per_token), "tokens_per_s": batch / step_s,
+            "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
+            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _models(configs, overrides, checkpoints):
+    """(name, cfg, graphdef, params) of each model to time: trained run dirs, then configs (random
+    weights; the default pair only when no run dir is given)."""
+    if checkpoints:
+        from radial_jax.train.checkpoint import load_trained
+
+        for run_dir in checkpoints:
+            cfg, graphdef, params, step = load_trained(run_dir, list(overrides))
+            yield f"{Path(run_dir).name}@{step}", cfg, graphdef, params
+        if not configs:
+            return
+    for path in configs or DEFAULT_CONFIGS:
+        cfg = load_config(path, list(overrides))
+        graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+        yield Path(path).stem, cfg, graphdef, params
+
+
+def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None, prompt_len: int = 64,
+        new_tokens: int = 16, windows: int = 15, transformers: bool = True, hf_tokens: int = 64) -> dict:
+    timers, dense_cfg = [], None
+    for name, cfg, graphdef, params in _models(configs, overrides, checkpoints):
+        n_params = sum(x.size for x in jax.tree.leaves(params))
+        kind = cfg.model.kind
+        paths = [(b, None) for b in BATCHES]
+        if kind == "radial":
+            paths.insert(1, (1, False))  # batch 1 without lax.switch: every pool layer runs
+        for batch, switch in paths:
+            path = "all layers" if kind == "dense" else ("switch" if batch == 1 and switch is None
+                                                         else "batched")
+            row = {"model": name, "kind": kind, "params": n_params, "path": path}
+            timers.append((row, DecodeTimer(cfg, graphdef, params, batch=batch, prompt_len=prompt_len,
+                                            new_tokens=new_tokens, windows=windows, switch=switch)))
+        if kind == "dense" and dense_cfg is None:
+            dense_cfg = cfg
+    for _ in range(windows):
+        for _, timer in timers:
+            timer.window()
+    rows = [{**row, **timer.result()} for row, timer in timers]
+    for r in rows:
+        print(f"  {r['model']} batch {r['batch']} {r['path']}: {r['ms_per_token']:.3f} ms/token", flush=True)
+    if transformers and dense_cfg is not None:
+        for threads in sorted({1, _cpus()}):
+            for batch in BATCHES:
+                r = time_transformers(dense_cfg, batch=batch, prompt_len=prompt_len,
+                                      new_tokens=hf_tokens, windows=5, threads=threads)
+                if r is None:
+                    break
+                rows.append({"model": f"transformers Llama, {threads} thread(s)", "kind": "dense",
+                             "path": "generate()", **r})
+                print(f"  transformers batch {batch}, {threads} thread(s): {r['ms_per_token']:.3f} "
+                      "ms/token", flush=True)
+            if r is None:
+                break
+    report = {"benchmark": "decode", "device": str(jax.devices()[0].device_kind),
+              "platform": platform.processor() or platform.machine(), "cpu_count": _cpus(),
+              "jax": jax.__version__, "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "windows": windows, "results": rows, **_ratios(rows)}
+    print(format_table(report))
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return report
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """Batch-1 radial / dense latency per radial model, and transformers / ours (dense)."""
+    def find(kind, path, batch):  # the fastest such row
+        found = [r for r in rows if r["kind"] == kind and r["path"] == path and r["batch"] == batch]
+        return min(found, key=lambda r: r["ms_per_token"]) if found else None
+
+    out: dict = {}
+    dense = find("dense", "all layers", 1)
+    radial = [r for r in rows if r["kind"] == "radial" and r["path"] == "switch"]
+    if dense and radial:
+        out["radial_over_dense_batch1"] = {
+            r["model"]: {"ratio": r["ms_per_token"] / dense["ms_per_token"],
+                         "ratio_best": r["ms_min"] / dense["ms_min"],
+                         "target": 1.2 * r["active_fraction"]} for r in radial}
+    for b in BATCHES:
+        hf, ours = find("dense", "generate()", b), find("dense", "all layers", b)
+        if hf and ours:
+            out[f"transformers_over_ours_batch{b}"] = hf["ms_per_token"] / ours["ms_per_token"]
+    return out
+
+
+def format_table(report: dict) -> str:
+    rows = ["| model | params | batch | path | ms / token (median) | (min) | tokens/s | mean active depth |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        depth = (f"{r['mean_active_depth']:.2f} / {r['max_depth']}" if "mean_active_depth" in r else "")
+        rows.append(f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['path']} | "
+                    f"{r['ms_per_token']:.3f} | {r['ms_min']:.3f} | {r['tokens_per_s']:,.0f} | {depth} |")
+    rows.append("")
+    for model, r in report.get("radial_over_dense_batch1", {}).items():
+        rows.append(f"batch 1, {model} / dense ms per token: {r['ratio']:.2f} median, "
+                    f"{r['ratio_best']:.2f} best (target <= 1.2 x mean active fraction = {r['target']:.2f})")
+    for b in (1, 8):
+        if f"transformers_over_ours_batch{b}" in report:
+            rows.append(f"batch {b}, transformers (fastest thread count) / ours (dense) ms per token: "
+                        f"{report[f'transformers_over_ours_batch{b}']:.2f}")
+    return "\n".join(rows)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -1,0 +1,194 @@
+"""The `radial` command: `radial train CONFIG [key=value ...]`, `radial eval --checkpoint RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from radial_jax.config import ConfigError
+
+
+def _cmd_train(args) -> int:
+    from radial_jax.config import load_config
+    from radial_jax.parallel.distributed import initialize, resolve_launch
+    from radial_jax.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    initialize(resolve_launch(args.coordinator, args.num_processes, args.process_id,
+                              auto=args.distributed))  # before JAX touches a device
+    train(cfg, resume_command=shlex.join(["radial", "train", args.config, *args.overrides]))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    import jax
+
+    from radial_jax.data.pipeline import make_eval_batches
+    from radial_jax.data.tokenizer import get_tokenizer
+    from radial_jax.train.checkpoint import load_trained
+    from radial_jax.train.loop import evaluate
+    from radial_jax.train.step import make_eval_step
+
+    cfg, graphdef, params, step = load_trained(args.checkpoint, args.overrides, args.step)
+    tok = get_tokenizer(cfg.data.tokenizer)
+    batches = make_eval_batches(cfg.data, tok, args.batches or cfg.train.eval_batches)
+    out = evaluate(jax.jit(make_eval_step(graphdef, tok.token_bytes())), params, batches)
+    out = {"step": step, "source": cfg.data.source, **out}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _cmd_profile(args) -> int:
+    from radial_jax.analysis.profile import parse_thresholds, run_profile
+
+    try:
+        thresholds = parse_thresholds(args.oracle)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    report, paths = run_profile(args.checkpoint, args.overrides, out_dir=args.out,
+                                n_batches=args.batches, thresholds=thresholds, step=args.step)
+    print(report["_table"])
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from radial_jax.generate.command import run_generate
+
+    run_generate(args.checkpoint, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                 top_k=args.top_k, top_p=args.top_p, seed=args.seed, show_depth=args.show_depth,
+                 step=args.step, overrides=args.overrides)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from radial_jax.export import export
+
+    files = export(args.checkpoint, args.out, fmt=args.format, step=args.step)
+    print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
+    return 0
+
+
+def _cmd_distill(args) -> int:
+    from radial_jax.distill import distill
+
+    distill(args.teacher, args.config, args.overrides, kl_weight=args.kl_weight,
+            temperature=args.temperature)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "decode":
+        from radial_jax.bench.decode import run as run_decode
+
+        run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint)
+        return 0
+    if args.what == "train":
+        from radial_jax.bench.train_step import DEFAULT_CONFIGS, run
+
+        run(args.configs or DEFAULT_CONFIGS, args.overrides, args.out)
+        return 0
+    raise SystemExit(f"unknown benchmark {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="radial", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a config file (resumes if the run dir has "
+                                      "checkpoints)")
+    t.add_argument("config", help="YAML config, e.g. configs/tiny.yaml")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=200")
+    t.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process run: process 0's address (also RADIAL_COORDINATOR)")
+    t.add_argument("--num-processes", type=int, metavar="N", help="multi-process run: process count")
+    t.add_argument("--process-id", type=int, metavar="I", help="multi-process run: this process")
+    t.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run that JAX detects itself (TPU pod, SLURM, ...)")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    e.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
+    e.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
+    e.set_defaults(fn=_cmd_eval)
+
+    pr = sub.add_parser("profile", help="residual ratios and oracle skipping (dense), routing statistics "
+                                        "(radial): JSON, PNG plots and a table")
+    pr.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    pr.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
+    pr.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/profile)")
+    pr.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
+    pr.add_argument("--oracle", default="0.05", metavar="T1,T2,...",
+                    help="oracle skipping thresholds on the residual ratio (default 0.05; 'none' = off)")
+    pr.add_argument("overrides", nargs="*", help="section.key=value applied to the config, e.g. "
+                                                 "data.source=text data.valid_files=[...]")
+    pr.set_defaults(fn=_cmd_profile)
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained checkpoint, streaming text")
+    g.add_argument("--checkpoint", required=True, help="run directory")
+    g.add_argument("--prompt", required=True, help="text to continue")
+    g.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default 200)")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    g.add_argument("--show-depth", action="store_true",
+                   help="print, per generated token, how many blocks it used")
+    g.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    g.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
+    g.set_defaults(fn=_cmd_generate)
+
+    x = sub.add_parser("export", help="write a model as safetensors + config.json (no orbax needed to "
+                                      "load it); --format hf: the Hugging Face Llama layout (dense)")
+    x.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    x.add_argument("--out", required=True, help="output folder")
+    x.add_argument("--format", choices=["safetensors", "hf"], default="safetensors",
+                   help="safetensors: radial_jax layout, dense or radial (default); hf: LlamaForCausalLM")
+    x.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
+    x.set_defaults(fn=_cmd_export)
+
+    di = sub.add_parser("distill", help="distil a dense model into a radial student whose pool starts as "
+                                         "its layers; reports eval loss against mean active depth")
+    di.add_argument("--teacher", required=True, help="dense run, export or Hugging Face directory")
+    di.add_argument("config", help="student config (radial settings, data, training), e.g. "
+                                   "configs/distill_tiny.yaml")
+    di.add_argument("overrides", nargs="*", help="section.key=value applied to the student config")
+    di.add_argument("--kl-weight", type=float, default=1.0, help="weight of KL(teacher || student)")
+    di.add_argument("--temperature", type=float, default=1.0, help="distillation temperature")
+    di.set_defaults(fn=_cmd_distill)
+
+    b = sub.add_parser("bench", help="benchmarks: `train` (step time of configs side by side), "
+                                     "`decode` (ms per generated token, vs transformers)")
+    b.add_argument("what", choices=["train", "decode"], help="which benchmark")
+    b.add_argument("--checkpoint", nargs="+", default=None,
+                   help="decode: trained run directories to time instead of --configs")
+    b.add_argument("--configs", nargs="+", default=None, help="configs to compare")
+    b.add_argument("--out", default=None, help="write the JSON report here")
+    b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # errors we raise for users carry their own explanation
+        if type(e).__name__ in ("DataError", "RunDirError", "CheckpointError"):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if type(e).__name__ == "NonFiniteError":  # the run diverged: not a usage error
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

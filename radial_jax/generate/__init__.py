@@ -1,0 +1,1 @@
+"""Text generation: sampling rules and the cached generation loop (`radial generate`)."""

@@ -1,0 +1,231 @@
+"""Cached inference: prefill a prompt, then decode one token at a time, for dense and radial models.
+
+Shape letters: B batch, S new tokens per sequence (prompt chunk; 1 when decoding), M max_len,
+P pool layers, C slots per layer, D model width, V vocabulary, G key/value heads, K head width,
+L cache slots, H query heads.
+
+Both functions are pure and jittable (`jax.jit(decode_step, static_argnums=0)`): the cache goes in
+and comes back. They compute what the training forward pass computes (same router, policies,
+constraints, shared-KV semantics with `kv_skip: mask|carry`), with capacity large enough that no
+token is ever dropped, so their logits equal the full forward pass's wherever training dropped no
+token. A token's route depends only on its own hidden state, so decoding is causal.
+
+Two radial decode paths:
+- batched (any B): the step's tokens are gathered into per-layer buffers [P, B, 1, D] (capacity =
+  batch), all P layers run, results are combined back: static shapes, cost P per step;
+- batch 1 (`switch=True`, the default when B == 1): `lax.switch` over the pool's layers plus an
+  identity branch for skip, so only the chosen layer runs and a skipped step costs the router only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from radial_jax.model import dispatch as dsp
+from radial_jax.model.kv_cache import KVCache, check_room
+from radial_jax.model.policy import History, allowed_layers, constrain, fixed_choice, token_choice
+from radial_jax.model.radial import _first_kept_layer, _shared_kv, kv_slot
+
+
+def prefill(graphdef: nnx.GraphDef, params, tokens_BxS: jax.Array, lengths_B: jax.Array,
+            cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Append prompts (row b: its first lengths_B[b] tokens; the rest is padding) to the cache.
+
+    Returns float32 logits [B, S, V] (rows past a prompt's length are padding) and the cache."""
+    model = nnx.merge(graphdef, params)
+    _check_decodable(model)
+    lengths_B = jnp.asarray(lengths_B, jnp.int32)
+    _check_room_if_concrete(cache, lengths_B)
+    return _extend(model, jnp.asarray(tokens_BxS, jnp.int32), lengths_B, cache)
+
+
+def decode_step(graphdef: nnx.GraphDef, params, token_B: jax.Array, cache: KVCache, *,
+                switch: bool | None = None, pool_layers: tuple | None = None,
+                ) -> tuple[jax.Array, KVCache]:
+    """Append one token per sequence; float32 logits [B, V] for the next one, and the cache.
+
+    switch (radial, B == 1 only): run only the chosen pool layer per step; default: B == 1.
+    pool_layers: `unstack_pool(graphdef, params)`, made once outside jit, so the switch path reads
+    each layer's own arrays instead of slicing (copying) it out of the stacked pool every step."""
+    model = nnx.merge(graphdef, params)
+    _check_decodable(model)
+    token_B = jnp.asarray(token_B, jnp.int32)
+    b = token_B.shape[0]
+    _check_room_if_concrete(cache, 1)
+    use_switch = (b == 1) if switch is None else switch
+    if use_switch and _is_radial(model):
+        if b != 1:
+            raise ValueError(f"the lax.switch decode path runs one sequence; got a batch of {b}")
+        return _decode_one(model, token_B, cache, pool_layers)
+    logits_Bx1xV, cache = _extend(model, token_B[:, None], jnp.ones((b,), jnp.int32), cache)
+    return logits_Bx1xV[:, 0], cache
+
+
+def unstack_pool(graphdef: nnx.GraphDef, params) -> tuple | None:
+    """The radial pool's parameters as P per-layer states (None for a dense model)."""
+    model = nnx.merge(graphdef, params)
+    if not _is_radial(model):
+        return None
+    state = nnx.state(model.pool)
+    return tuple(jax.tree.map(lambda w, i=i: w[i], state) for i in range(model.pool_size))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_radial(model) -> bool:
+    return hasattr(model, "pool")
+
+
+def _check_decodable(model) -> None:
+    if _is_radial(model) and model.routing.policy == "expert_choice":
+        raise ValueError(
+            "routing.policy=expert_choice is not causal (each layer picks its top tokens over the whole "
+            "sequence), so it cannot decode token by token; decoding needs token_choice or fixed")
+
+
+def _check_room_if_concrete(cache: KVCache, n_new) -> None:
+    if not isinstance(cache.length_B, jax.core.Tracer):  # under jit, callers check beforehand
+        check_room(cache, n_new)
+
+
+# --------------------------------------------------------------------------- cache access
+
+
+def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS) -> KVCache:
+    """Store keys/values and written flags of new positions at_BxS (M = out of range: not stored)."""
+    bi = jnp.arange(at_BxS.shape[0])[:, None]
+    dt = cache.k_LxBxMxGxK.dtype
+    return cache.replace(
+        k_LxBxMxGxK=cache.k_LxBxMxGxK.at[slot, bi, at_BxS].set(k_BxSxGxK.astype(dt), mode="drop"),
+        v_LxBxMxGxK=cache.v_LxBxMxGxK.at[slot, bi, at_BxS].set(v_BxSxGxK.astype(dt), mode="drop"),
+        written_LxBxM=cache.written_LxBxM.at[slot, bi, at_BxS].set(ok_BxS, mode="drop"))
+
+
+def _write_route(cache: KVCache, t: int, at_BxS, layer_BxS) -> KVCache:
+    bi = jnp.arange(at_BxS.shape[0])[:, None]
+    return cache.replace(route_TxBxM=cache.route_TxBxM.at[t, bi, at_BxS].set(
+        layer_BxS.astype(jnp.int32), mode="drop"))
+
+
+def _mask(written_BxM, qpos_BxQ) -> jax.Array:
+    """[B, 1, Q, M]: keys written and not after the query; a query always sees its own position,
+    so no row is all-masked (a valid query's own position is always written)."""
+    j_M = jnp.arange(written_BxM.shape[1])
+    before = j_M[None, None, :] <= qpos_BxQ[:, :, None]
+    own = j_M[None, None, :] == qpos_BxQ[:, :, None]
+    return ((written_BxM[:, None, :] & before) | own)[:, None]
+
+
+def _dense_blocks(blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
+    """Blocks every token runs (the dense model's, or the radial prefix), slot i for block i."""
+    for i, block in enumerate(blocks):
+        q, k, v = block.qkv(h_BxSxD, pos_BxS)
+        cache = _write(cache, i, at_BxS, k, v, valid_BxS)
+        h_BxSxD = block.finish(h_BxSxD, q, cache.k_LxBxMxGxK[i], cache.v_LxBxMxGxK[i],
+                               _mask(cache.written_LxBxM[i], pos_BxS))
+    return h_BxSxD, cache
+
+
+# --------------------------------------------------------------------------- batched path
+
+
+def _extend(model, tokens_BxS, n_new_B, cache: KVCache):
+    """Process S new positions per sequence (the first n_new_B[b] real), as one chunk."""
+    b, s = tokens_BxS.shape
+    pos_BxS = cache.length_B[:, None] + jnp.arange(s, dtype=jnp.int32)[None, :]
+    valid_BxS = jnp.arange(s)[None, :] < n_new_B[:, None]
+    at_BxS = jnp.where(valid_BxS, pos_BxS, cache.max_len)  # padding is never stored
+    h_BxSxD = model.embedder.encode(tokens_BxS, pos_BxS)
+    if not _is_radial(model):
+        h_BxSxD, cache = _dense_blocks(model.blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache)
+    else:
+        h_BxSxD, cache = _dense_blocks(model.prefix, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache)
+        h_BxSxD, cache = _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache)
+    cache = cache.replace(length_B=cache.length_B + n_new_B)
+    return model.embedder.decode(h_BxSxD), cache
+
+
+def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
+    """The T routing steps over a chunk, as in RadialLM.__call__ with capacity = chunk length."""
+
+    b, s = pos_BxS.shape
+    p = model.pool_size
+    hist = History.empty(b, s, p)
+    carry = None
+    for t in range(model.steps):
+        slot = model.prefix_layers + t
+        d, gate_BxPxC, choice_BxSxK, _, _ = model.decide(h_BxSxD, t, hist, valid_BxS, s)
+        c = d.idx_BxPxC.shape[2]
+        x_BxPxCxD = dsp.gather_tokens(h_BxSxD, d)
+        pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
+        x_PxBxCxD = jnp.swapaxes(x_BxPxCxD, 0, 1)
+        q, k, v = model.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1))
+        k_BxSxGxK, v_BxSxGxK, kv_ok_BxS, carry = kv_slot(*_shared_kv(k, v, d), carry, model.kv_skip)
+        cache = _write(cache, slot, at_BxS, k_BxSxGxK, v_BxSxGxK, kv_ok_BxS & valid_BxS)
+        cache = _write_route(cache, t, at_BxS, _first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
+        mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
+        mask_PxBx1xCxM = jnp.moveaxis(mask.reshape(b, 1, p, c, -1), 2, 0)
+        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, cache.k_LxBxMxGxK[slot],
+                                      cache.v_LxBxMxGxK[slot], mask_PxBx1xCxM)
+        delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * gate_BxPxC[..., None].astype(
+            x_BxPxCxD.dtype)
+        h_BxSxD = dsp.combine(h_BxSxD, delta_BxPxCxD, d)
+        hist = hist.update(choice_BxSxK, d.kept_BxSxK, p)
+    return h_BxSxD, cache
+
+
+# --------------------------------------------------------------------------- batch-1 path
+
+
+def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
+    """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch."""
+    p, r = model.pool_size, model.routing
+    pos_1x1 = cache.length_B[:, None]
+    valid_1x1 = jnp.ones((1, 1), bool)
+    h_1x1xD = model.embedder.encode(token_1[:, None], pos_1x1)
+    h_1x1xD, cache = _dense_blocks(model.prefix, h_1x1xD, pos_1x1, pos_1x1, valid_1x1, cache)
+
+    pool_def, pool_state = nnx.split(model.pool)
+    if pool_layers is None:
+        layer = lambda i: nnx.merge(pool_def, jax.tree.map(lambda w: w[i], pool_state))
+    else:
+        layer = lambda i: nnx.merge(pool_def, pool_layers[i])
+    qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
+    qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
+        lambda x, pos: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)]
+    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a) - x for i in range(p)] + [
+        lambda x, *a: jnp.zeros_like(x)]
+
+    hist = History.empty(1, 1, p)
+    carry = None
+    for t in range(model.steps):
+        slot = model.prefix_layers + t
+        logits_1x1xR = model.router(h_1x1xD, t)
+        masked = constrain(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order), valid_1x1)
+        dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
+            masked, r.top_k)
+        choice_K = dec.choice_BxSxK[0, 0]
+        kept_K = choice_K < p  # one token per sequence: every layer it picks has room
+        qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
+               for j in range(choice_K.shape[0])]
+        n = kept_K.sum()
+        scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
+        k_1x1xGxK = sum(kv[1] for kv in qkv) * scale
+        v_1x1xGxK = sum(kv[2] for kv in qkv) * scale
+        done = jnp.reshape(n > 0, (1, 1))
+        k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, done, carry, model.kv_skip)
+        cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
+        first = jnp.where(kept_K, choice_K, p).min()
+        cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
+        mask = _mask(cache.written_LxBxM[slot], pos_1x1)
+        k_slot, v_slot = cache.k_LxBxMxGxK[slot], cache.v_LxBxMxGxK[slot]
+        gate_K = dec.gate_BxSxK[0, 0] * kept_K
+        deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)
+                  * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
+        h_1x1xD = h_1x1xD + sum(deltas)
+        hist = hist.update(dec.choice_BxSxK, kept_K[None, None], p)
+    cache = cache.replace(length_B=cache.length_B + 1)
+    return model.embedder.decode(h_1x1xD)[:, 0], cache

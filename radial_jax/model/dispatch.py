@@ -1,0 +1,206 @@
+"""Capacity-bounded dispatch of tokens to pool layers, per sequence, by gather and combine.
+
+Shape letters: B batch, S sequence, P pool layers, C capacity (slots per layer), K choices per token
+(top-k; K = P for expert choice), D model width, N = S * K queue entries of a sequence;
+PC is P and C flattened (flat slot p * C + c).
+
+A plan (`Dispatch`) is computed from integer choices, without gradients. Moving data along a plan is
+two gathers: `gather_tokens` fills each layer's queue [B, P, C, D] from the sequence, and `combine`
+adds the processed deltas back onto each token. Each has a custom VJP whose backward pass is the
+other gather (by the inverse index), so the backward pass has no scatter-add: on accelerators a
+scatter-add serializes on colliding rows, while a gather by a precomputed inverse map does not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+def capacity(seq_len: int, pool_size: int, capacity_factor: float) -> int:
+    """Slots per pool layer per sequence: ceil(capacity_factor * seq_len / pool_size), in [1, S]."""
+    if seq_len <= 0 or pool_size <= 0 or not capacity_factor > 0:
+        raise ValueError(
+            "capacity() needs positive seq_len, pool_size and capacity_factor, got "
+            f"seq_len={seq_len}, pool_size={pool_size}, capacity_factor={capacity_factor}")
+    return int(min(max(math.ceil(capacity_factor * seq_len / pool_size), 1), seq_len))
+
+
+@struct.dataclass
+class Dispatch:
+    """Where every token goes for one routing step; a pytree, so it passes through jit and scan.
+
+    Forward map (slot -> token) and inverse map (token choice -> slot) describe the same placement:
+    every filled slot (p, c) holding token s has exactly one kept choice k of s with
+    slot_BxSxK[b, s, k] == p * C + c.
+    """
+
+    idx_BxPxC: jax.Array  # int32 token (index into S) in each slot; 0 where the slot is empty
+    ok_BxPxC: jax.Array  # bool slot is filled
+    slot_BxSxK: jax.Array  # int32 flat slot p * C + c that each choice occupies; 0 where not kept
+    kept_BxSxK: jax.Array  # bool the choice got a slot (false for skips and for overflow)
+    dropped_BxS: jax.Array  # int32 number of the token's layer (non-skip) choices dropped for overflow
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _layer_bounds(layer_sorted_BxN: jax.Array, n_values: int) -> tuple[jax.Array, jax.Array]:
+    """First and one-past-last index of each layer 0..n_values-1 in each ascending row: [B, P] each."""
+    values = jnp.arange(n_values, dtype=layer_sorted_BxN.dtype)
+    bounds = jax.vmap(lambda row: (jnp.searchsorted(row, values, side="left"),
+                                   jnp.searchsorted(row, values, side="right")))
+    start_BxP, end_BxP = bounds(layer_sorted_BxN)
+    return start_BxP.astype(jnp.int32), end_BxP.astype(jnp.int32)
+
+
+def plan_token_choice(choice_BxSxK: jax.Array, priority_BxSxK: jax.Array, pool_size: int,
+                      capacity: int) -> Dispatch:
+    """Queue each token's choices per layer by descending priority, ties by position; first C win.
+
+    choice_BxSxK int in [0, P]; P means skip (no slot). A token's layer choices must be distinct.
+    Cost: one stable two-key sort of the N = S*K entries of each sequence and one sort back, so
+    O(B N log N) time and O(B N) memory, independent of P.
+    """
+    b, s, k = choice_BxSxK.shape
+    n, p, c = s * k, pool_size, capacity
+    layer_BxN = choice_BxSxK.reshape(b, n).astype(jnp.int32)
+    neg_prio_BxN = -priority_BxSxK.reshape(b, n).astype(jnp.float32)  # lax.sort treats -0.0 == 0.0
+    entry_BxN = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))  # entry s * K + k
+    # Stable on (layer, -priority): equal keys keep entry order, which is position order.
+    layer_sorted_BxN, _, entry_sorted_BxN = jax.lax.sort(
+        (layer_BxN, neg_prio_BxN, entry_BxN), dimension=1, num_keys=2, is_stable=True)
+    pos_sorted_BxN = entry_sorted_BxN // k
+    # Each layer's queue is a contiguous run of the sorted row; rank = offset within the run.
+    start_BxP, end_BxP = _layer_bounds(layer_sorted_BxN, p)
+    start_of_own_BxN = jnp.take_along_axis(start_BxP, jnp.minimum(layer_sorted_BxN, p - 1), axis=1)
+    rank_sorted_BxN = jnp.arange(n, dtype=jnp.int32)[None, :] - start_of_own_BxN
+    kept_sorted_BxN = (layer_sorted_BxN < p) & (rank_sorted_BxN < c)
+    slot_or_neg_sorted_BxN = jnp.where(kept_sorted_BxN, layer_sorted_BxN * c + rank_sorted_BxN, -1)
+    # Slot (p, j) holds sorted entry start[p] + j while that entry is still in layer p's run.
+    at_BxPxC = start_BxP[:, :, None] + jnp.arange(c, dtype=jnp.int32)[None, None, :]
+    ok_BxPxC = at_BxPxC < end_BxP[:, :, None]
+    at_BxPC = jnp.minimum(at_BxPxC, n - 1).reshape(b, p * c)  # PC: slots flattened, p * C + c
+    idx_BxPxC = jnp.take_along_axis(pos_sorted_BxN, at_BxPC, axis=1).reshape(b, p, c)
+    idx_BxPxC = jnp.where(ok_BxPxC, idx_BxPxC, 0)
+    # Sort back to the tokens' own order to get the inverse map.
+    _, slot_or_neg_BxN = jax.lax.sort((entry_sorted_BxN, slot_or_neg_sorted_BxN), dimension=1, num_keys=1)
+    slot_or_neg_BxSxK = slot_or_neg_BxN.reshape(b, s, k)
+    kept_BxSxK = slot_or_neg_BxSxK >= 0
+    dropped_BxS = ((choice_BxSxK < p) & ~kept_BxSxK).sum(-1).astype(jnp.int32)
+    return Dispatch(idx_BxPxC=idx_BxPxC.astype(jnp.int32), ok_BxPxC=ok_BxPxC,
+                    slot_BxSxK=jnp.maximum(slot_or_neg_BxSxK, 0), kept_BxSxK=kept_BxSxK,
+                    dropped_BxS=dropped_BxS)
+
+
+def plan_expert_choice(scores_BxSxP: jax.Array, capacity: int,
+                       valid_BxS: jax.Array | None = None) -> Dispatch:
+    """Each layer takes its top-C tokens per sequence by score, ties by earlier position.
+
+    Tokens with score -inf (and invalid tokens, when valid_BxS is given) are never taken, so a
+    layer's queue may be part empty. The inverse map has K = P: a token may be in several layers.
+    Nothing is dropped in expert choice (tokens choose nothing), so dropped_BxS is all zeros.
+    """
+    b, s, p = scores_BxSxP.shape
+    c = capacity
+    if not 1 <= c <= s:
+        raise ValueError(f"plan_expert_choice needs 1 <= capacity <= seq_len, got {c} and {s}")
+    scores_BxSxP = scores_BxSxP.astype(jnp.float32)
+    if valid_BxS is not None:
+        scores_BxSxP = jnp.where(valid_BxS[..., None], scores_BxSxP, -jnp.inf)
+    top_BxPxC, idx_BxPxC = jax.lax.top_k(jnp.swapaxes(scores_BxSxP, 1, 2), c)  # ties: lower index
+    ok_BxPxC = top_BxPxC > -jnp.inf
+    idx_BxPxC = jnp.where(ok_BxPxC, idx_BxPxC, 0).astype(jnp.int32)
+    # Inverse map: an integer scatter at planning time (no gradient flows through it).
+    flat_BxPxC = jnp.broadcast_to(jnp.arange(p * c, dtype=jnp.int32).reshape(1, p, c), (b, p, c))
+    b_i = jnp.arange(b)[:, None, None]
+    p_i = jnp.arange(p)[None, :, None]
+    to_BxPxC = jnp.where(ok_BxPxC, idx_BxPxC, s)  # empty slots write out of range: dropped
+    slot_BxPxS = jnp.full((b, p, s), -1, jnp.int32).at[b_i, p_i, to_BxPxC].set(flat_BxPxC, mode="drop")
+    slot_BxSxP = jnp.swapaxes(slot_BxPxS, 1, 2)
+    return Dispatch(idx_BxPxC=idx_BxPxC, ok_BxPxC=ok_BxPxC, slot_BxSxK=jnp.maximum(slot_BxSxP, 0),
+                    kept_BxSxK=slot_BxSxP >= 0, dropped_BxS=jnp.zeros((b, s), jnp.int32))
+
+
+def load_BxP(d: Dispatch) -> jax.Array:
+    """Filled slots per pool layer and sequence, int32 [B, P]; never more than C."""
+    return d.ok_BxPxC.sum(-1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------- moving data
+
+
+def _slots_from_tokens(x_BxSxD: jax.Array, idx_BxPxC: jax.Array, ok_BxPxC: jax.Array) -> jax.Array:
+    """Gather token rows into slots [B, P, C, D]; empty slots are zeros."""
+    b, p, c = idx_BxPxC.shape
+    rows_BxPCxD = jnp.take_along_axis(x_BxSxD, idx_BxPxC.reshape(b, p * c, 1), axis=1)
+    rows_BxPxCxD = rows_BxPCxD.reshape(b, p, c, x_BxSxD.shape[-1])
+    return jnp.where(ok_BxPxC[..., None], rows_BxPxCxD, jnp.zeros((), x_BxSxD.dtype))
+
+
+def _tokens_from_slots(buf_BxPxCxD: jax.Array, slot_BxSxK: jax.Array, kept_BxSxK: jax.Array) -> jax.Array:
+    """Sum, per token, the slot rows its kept choices occupy [B, S, D]; by gather, not scatter."""
+    b, p, c, dim = buf_BxPxCxD.shape
+    s, k = slot_BxSxK.shape[1:]
+    rows_BxSKxD = jnp.take_along_axis(buf_BxPxCxD.reshape(b, p * c, dim), slot_BxSxK.reshape(b, s * k, 1),
+                                      axis=1)
+    rows_BxSxKxD = rows_BxSKxD.reshape(b, s, k, dim)
+    return jnp.where(kept_BxSxK[..., None], rows_BxSxKxD, jnp.zeros((), buf_BxPxCxD.dtype)).sum(axis=2)
+
+
+@jax.custom_vjp
+def _gather(h_BxSxD, idx_BxPxC, ok_BxPxC, slot_BxSxK, kept_BxSxK):
+    return _slots_from_tokens(h_BxSxD, idx_BxPxC, ok_BxPxC)
+
+
+def _gather_fwd(h_BxSxD, idx_BxPxC, ok_BxPxC, slot_BxSxK, kept_BxSxK):
+    out = _slots_from_tokens(h_BxSxD, idx_BxPxC, ok_BxPxC)
+    return out, (slot_BxSxK, kept_BxSxK)
+
+
+def _gather_bwd(res, g_BxPxCxD):
+    slot_BxSxK, kept_BxSxK = res
+    return (_tokens_from_slots(g_BxPxCxD, slot_BxSxK, kept_BxSxK), None, None, None, None)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
+@jax.custom_vjp
+def _combine(h_BxSxD, delta_BxPxCxD, idx_BxPxC, ok_BxPxC, slot_BxSxK, kept_BxSxK):
+    return h_BxSxD + _tokens_from_slots(delta_BxPxCxD, slot_BxSxK, kept_BxSxK).astype(h_BxSxD.dtype)
+
+
+def _combine_fwd(h_BxSxD, delta_BxPxCxD, idx_BxPxC, ok_BxPxC, slot_BxSxK, kept_BxSxK):
+    out = _combine(h_BxSxD, delta_BxPxCxD, idx_BxPxC, ok_BxPxC, slot_BxSxK, kept_BxSxK)
+    delta_dtype_0 = jnp.zeros((0,), delta_BxPxCxD.dtype)  # carries the dtype (residuals are arrays)
+    return out, (idx_BxPxC, ok_BxPxC, delta_dtype_0)
+
+
+def _combine_bwd(res, g_BxSxD):
+    idx_BxPxC, ok_BxPxC, delta_dtype_0 = res
+    g_delta_BxPxCxD = _slots_from_tokens(g_BxSxD, idx_BxPxC, ok_BxPxC).astype(delta_dtype_0.dtype)
+    return (g_BxSxD, g_delta_BxPxCxD, None, None, None, None)
+
+
+_combine.defvjp(_combine_fwd, _combine_bwd)
+
+
+def gather_tokens(h_BxSxD: jax.Array, d: Dispatch) -> jax.Array:
+    """Each layer's queue of token states buf_BxPxCxD; empty slots are zeros.
+
+    Backward: grad_h[b, s] = sum_k kept[b, s, k] * g_buf[b, slot[b, s, k]], a gather.
+    """
+    return _gather(h_BxSxD, d.idx_BxPxC, d.ok_BxPxC, d.slot_BxSxK, d.kept_BxSxK)
+
+
+def combine(h_BxSxD: jax.Array, delta_BxPxCxD: jax.Array, d: Dispatch) -> jax.Array:
+    """h plus, per token, the deltas of the slots it holds [B, S, D]; skipped/dropped tokens unchanged.
+
+    The deltas are summed in their own dtype and added in h's dtype (the output has h's dtype).
+    Backward: identity for h; grad_delta[b, p, c] = ok * g[b, idx[b, p, c]], a gather.
+    """
+    return _combine(h_BxSxD, delta_BxPxCxD, d.idx_BxPxC, d.ok_BxPxC, d.slot_BxSxK, d.kept_BxSxK)

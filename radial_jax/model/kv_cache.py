@@ -1,0 +1,88 @@
+"""The shared KV cache: one functional pytree for every prefix layer and routing step.
+
+Shape letters: L cache slots (prefix layers + routing steps; dense: one per layer), T routing steps,
+B batch, M max_len (positions), G key/value heads, K head width.
+
+Slot `prefix + t` holds, for every position, the keys/values that attention at routing step t reads:
+those of the pool layer that processed the position at step t (averaged over its layers when top-k
+> 1), or, with `kv_skip: carry`, its most recent ones from an earlier step. `written` says which
+entries exist; attention masks the others. The cache is passed in and returned, never module state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from radial_jax.config import Config, head_dim
+
+
+@struct.dataclass
+class KVCache:
+    k_LxBxMxGxK: jax.Array
+    v_LxBxMxGxK: jax.Array
+    written_LxBxM: jax.Array  # bool: the slot holds keys/values for this position
+    length_B: jax.Array       # int32: positions filled so far, per sequence (ragged batches)
+    route_TxBxM: jax.Array    # int32: pool layer each token ran at step t (first of top-k), P = skip
+
+    @property
+    def max_len(self) -> int:
+        return self.k_LxBxMxGxK.shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k_LxBxMxGxK.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
+
+    def bytes_per_token(self) -> int:
+        """Bytes one position of one sequence takes: keys, values, written flags and routing record."""
+        b, m = self.batch, self.max_len
+        return (self.nbytes - self.length_B.size * self.length_B.dtype.itemsize) // (b * m)
+
+
+def init_cache(cfg: Config, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache for `cfg.model`; keys/values in the model's compute dtype unless given."""
+    m = cfg.model
+    if m.kind == "dense":
+        slots, steps = m.n_layers, 0
+    else:
+        slots, steps = m.prefix_layers + m.steps, m.steps
+    if dtype is None:
+        dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
+    if batch < 1 or max_len < 1:
+        raise ValueError(f"a KV cache needs batch >= 1 and max_len >= 1, got {batch} and {max_len}")
+    if m.positions == "learned" and max_len > m.max_positions:
+        raise ValueError(f"max_len={max_len} exceeds model.max_positions={m.max_positions}, the "
+                         "model's table of learned positions")
+    kv = (slots, batch, max_len, m.n_kv_heads, head_dim(m))
+    return KVCache(k_LxBxMxGxK=jnp.zeros(kv, dtype), v_LxBxMxGxK=jnp.zeros(kv, dtype),
+                   written_LxBxM=jnp.zeros((slots, batch, max_len), bool),
+                   length_B=jnp.zeros((batch,), jnp.int32),
+                   route_TxBxM=jnp.full((steps, batch, max_len), m.pool_size, jnp.int32))
+
+
+def bytes_per_token(cfg: Config, dtype=None) -> int:
+    """Cache bytes per position per sequence for `cfg.model` (without allocating a cache)."""
+    shapes = jax.eval_shape(lambda: init_cache(cfg, 1, 1, dtype))
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(shapes)) - 4
+
+
+def check_room(cache: KVCache, n_new, length=None) -> None:
+    """ValueError, on the host, if appending `n_new` tokens (int or [B]) would pass max_len.
+
+    Jitted code cannot raise, so callers check here before calling a jitted step. `length` ([B],
+    host) saves reading the cache's lengths back from the device when the caller tracks them."""
+    length = np.asarray(jax.device_get(cache.length_B) if length is None else length)
+    n_new_B = np.broadcast_to(np.asarray(n_new), length.shape)
+    need = length + n_new_B
+    if need.max(initial=0) > cache.max_len:
+        b = int(np.argmax(need))
+        raise ValueError(
+            f"cannot decode past the KV cache's max_len={cache.max_len}: sequence {b} holds "
+            f"{int(length[b])} positions and {int(n_new_B[b])} more were requested ({int(need[b])} in "
+            "all); make a larger cache with init_cache(cfg, batch, max_len=...)")

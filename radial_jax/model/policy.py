@@ -1,0 +1,86 @@
+"""Routing policies: turn router logits into per-token choices, gates and queue priorities.
+
+Shape letters: B batch, S sequence, P pool layers, R = P + 1 choices (skip is index P),
+K choices per token per step (top-k).
+
+Constraints are masks on the logits: `reuse: forbid` removes layers a token already used;
+`order: monotonic` removes layers below the last one it used (strictly below with reuse forbidden).
+Skip is always allowed, and padding tokens always skip.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+NEG = -1e9
+
+
+@struct.dataclass
+class Decision:
+    choice_BxSxK: jax.Array    # int32 in [0, P]; P = skip
+    gate_BxSxK: jax.Array      # float32 multiplier of the block's residual delta
+    priority_BxSxK: jax.Array  # float32; higher gets a capacity slot first
+    probs_BxSxR: jax.Array     # float32 router distribution after constraints (for aux losses)
+
+
+@struct.dataclass
+class History:
+    """What each token has done so far: the constraints' memory."""
+    used_BxSxP: jax.Array  # bool: the token ran this pool layer at an earlier step
+    last_BxS: jax.Array    # int32: index of the last layer it ran, -1 if none
+
+    @staticmethod
+    def empty(batch: int, seq: int, pool_size: int) -> History:
+        return History(jnp.zeros((batch, seq, pool_size), bool), jnp.full((batch, seq), -1, jnp.int32))
+
+    def update(self, choice_BxSxK: jax.Array, kept_BxSxK: jax.Array, pool_size: int) -> History:
+        hit_BxSxKxP = jax.nn.one_hot(choice_BxSxK, pool_size, dtype=bool) & kept_BxSxK[..., None]
+        used = self.used_BxSxP | hit_BxSxKxP.any(axis=2)
+        ran = jnp.where(kept_BxSxK, choice_BxSxK, -1).max(axis=-1)
+        return History(used, jnp.maximum(self.last_BxS, ran))
+
+
+def allowed_layers(hist: History, *, reuse: str, order: str) -> jax.Array:
+    """[B, S, P] bool: layers a token may choose now."""
+    p = hist.used_BxSxP.shape[-1]
+    ok = jnp.ones_like(hist.used_BxSxP)
+    if reuse == "forbid":
+        ok = ok & ~hist.used_BxSxP
+    if order == "monotonic":
+        layer_P = jnp.arange(p)
+        last = hist.last_BxS[..., None]
+        ok = ok & ((layer_P > last) if reuse == "forbid" else (layer_P >= last))
+    return ok
+
+
+def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.Array) -> jax.Array:
+    """Mask disallowed layers; padding tokens may only skip."""
+    allowed_BxSxR = jnp.concatenate([allowed_BxSxP & valid_BxS[..., None],
+                                     jnp.ones_like(valid_BxS)[..., None]], axis=-1)
+    return jnp.where(allowed_BxSxR, logits_BxSxR, NEG)
+
+
+def token_choice(logits_BxSxR: jax.Array, top_k: int) -> Decision:
+    """A token skips when P(skip) > 1/2; otherwise it takes its top-k pool layers.
+
+    Deciding "skip or run" on P(skip) against the total mass of the layers (rather than letting skip
+    compete with each layer separately) keeps the decisions consistent with the expected active
+    fraction 1 - P(skip) that the compute-target loss steers. Gates are the layers' probabilities.
+    """
+    probs = jax.nn.softmax(logits_BxSxR, axis=-1)
+    p = probs.shape[-1] - 1
+    gate_BxSxK, choice_BxSxK = jax.lax.top_k(probs[..., :p], top_k)
+    skip_BxSxK = (probs[..., p:] > 0.5) | (gate_BxSxK <= 0.0)  # also: a masked (disallowed) layer
+    choice_BxSxK = jnp.where(skip_BxSxK, p, choice_BxSxK).astype(jnp.int32)
+    return Decision(choice_BxSxK, gate_BxSxK, gate_BxSxK, probs)
+
+
+def fixed_choice(logits_BxSxR: jax.Array, t: int, pool_size: int, valid_BxS: jax.Array) -> Decision:
+    """Step t -> layer t mod P for every real token, gate 1: the sequential (dense-like) schedule."""
+    b, s, _ = logits_BxSxR.shape
+    choice = jnp.where(valid_BxS, t % pool_size, pool_size).astype(jnp.int32)[..., None]
+    probs = jax.nn.softmax(logits_BxSxR, axis=-1)
+    return Decision(choice, jnp.ones((b, s, 1), jnp.float32), jnp.zeros((b, s, 1), jnp.float32),
+                    probs)

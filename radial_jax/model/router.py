@@ -1,0 +1,59 @@
+"""The router: a small MLP that scores, per token and routing step, the P pool layers and "skip".
+
+Shape letters: B batch, S sequence, D model width, H router hidden width, T routing steps,
+R = P + 1 choices (pool layers 0..P-1, then skip at index P).
+
+Per-step routers (`per_step=True`) have their own weights for each step; otherwise one MLP is
+shared and a learned step embedding is added to its hidden layer. Either way the output bias is
+per step, so the router can start on the sequential schedule (step t -> layer t mod P).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from radial_jax.model.layers import RMSNorm, param
+
+
+def init_output_bias(steps: int, pool_size: int, *, init: str, init_bias: float,
+                     skip_bias: float) -> jax.Array:
+    """[T, R] starting logit bias: toward layer t mod P at step t (`sequential`) or flat."""
+    bias_TxR = jnp.zeros((steps, pool_size + 1), jnp.float32)
+    if init == "sequential":
+        bias_TxR = bias_TxR.at[jnp.arange(steps), jnp.arange(steps) % pool_size].set(init_bias)
+    return bias_TxR.at[:, pool_size].add(skip_bias)
+
+
+class Router(nnx.Module):
+    def __init__(self, d_model: int, *, pool_size: int, steps: int, hidden: int, per_step: bool,
+                 init: str, init_bias: float, skip_bias: float, norm_eps: float, init_std: float,
+                 rngs: nnx.Rngs):
+        r = pool_size + 1
+        self.per_step = per_step
+        self.norm = RMSNorm(d_model, eps=norm_eps, rngs=rngs)
+        out_std = 0.0 if init == "uniform" else init_std
+        if per_step:
+            self.w_in = param(rngs, (steps, d_model, hidden), (None, "embed", None), init_std)
+            self.w_out = param(rngs, (steps, hidden, r), (None, None, None), out_std)
+        else:
+            self.w_in = param(rngs, (d_model, hidden), ("embed", None), init_std)
+            self.step_embed = param(rngs, (steps, hidden), (None, None), init_std)
+            self.w_out = param(rngs, (hidden, r), (None, None), out_std)
+        self.b_in = param(rngs, (steps, hidden), (None, None), 0.0)
+        self.b_out = nnx.Param(
+            init_output_bias(steps, pool_size, init=init, init_bias=init_bias, skip_bias=skip_bias),
+            out_sharding=(None, None), eager_sharding=False)
+
+    def __call__(self, h_BxSxD: jax.Array, t: int) -> jax.Array:
+        """Float32 logits [B, S, R] for routing step t (a Python int)."""
+        x = self.norm(h_BxSxD.astype(jnp.float32))
+        if self.per_step:
+            a_BxSxH = jnp.einsum("bsd,dh->bsh", x, self.w_in[t])
+            w_HxR = self.w_out[t]
+        else:
+            a_BxSxH = jnp.einsum("bsd,dh->bsh", x, self.w_in[...]) + self.step_embed[t]
+            w_HxR = self.w_out[...]
+        a_BxSxH = jax.nn.gelu(a_BxSxH + self.b_in[t])
+        return jnp.einsum("bsh,hr->bsr", a_BxSxH, w_HxR) + self.b_out[t]

@@ -1,0 +1,1 @@
+"""Scale-out: the device mesh, logical axis rules, sharded initialisation and steps, multi-host start."""

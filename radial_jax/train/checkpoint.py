@@ -1,0 +1,270 @@
+"""Orbax checkpoints of a run: train state, the grain iterator's position, and the resolved config.
+
+Layout: <run_dir>/checkpoints/<step>/{state, data, config}. Saving is asynchronous (the device-to-host
+copy happens before `save` returns, so the next step may donate the buffers). Restoring takes an
+abstract train state whose shardings say where each array goes, so a run can resume on another mesh.
+
+Damage (truncated or missing files, a missing item, NaN/inf values) is found by restoring: every
+failure becomes a `CheckpointError` naming the step. A save interrupted by a killed process leaves
+only a `<step>.orbax-checkpoint-tmp-*` folder, which orbax never lists as a checkpoint. A state
+holding NaN/inf is never saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from radial_jax.train.metrics import say
+from radial_jax.train.nonfinite import NonFiniteError, all_finite
+from radial_jax.train.step import TrainState
+
+ITEMS = ("state", "data", "config")
+_TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a save still being written
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used; the message names its step and folder and what to do."""
+
+
+def _reason(e: BaseException) -> str:
+    """The most specific line of an orbax/tensorstore error chain, without the long store specs."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = text.split(" See full TensorStore details")[0].strip("'\" ")
+    return (text[:240] + "...") if len(text) > 240 else text
+
+
+def _retuple(state: Any, under_slices: bool = False) -> Any:
+    """grain's packing marks an empty remainder with the tuple (-1, -1); the JSON of its checkpoint
+    handler turns tuples into lists, and a list never equals the marker, so put tuples back."""
+    if isinstance(state, dict):
+        return {k: _retuple(v, under_slices or k == "remainder_slices") for k, v in state.items()}
+    if isinstance(state, list):
+        return tuple(state) if under_slices else [_retuple(v) for v in state]
+    return state
+
+
+class _DataRestoreTarget:
+    """What grain's checkpoint handler restores into: reads the JSON state, fixes its tuples, sets it
+    on the real iterator (without this a resumed run can see other batches than an unbroken one)."""
+
+    def __init__(self, it: grain.DatasetIterator):
+        self._it = it
+
+    def set_state(self, state: bytes) -> None:
+        self._it.set_state(_retuple(json.loads(state)))
+
+    def start_prefetch(self) -> None:
+        self._it.start_prefetch()
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+    """Orbax leaves its failed read tasks for the garbage collector, which reports each one; the
+    CheckpointError says it once."""
+    log, hook = logging.getLogger("asyncio"), sys.unraisablehook
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = lambda unraisable: None
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+            log.setLevel(level)
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True,
+                 read_only: bool = False):
+        self.directory = Path(directory).absolute()
+        # read_only: never creates the folder (orbax's own read_only mode warns on every open).
+        self.read_only = read_only
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                               enable_async_checkpointing=async_save)
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mgr.all_steps())
+
+    def save(self, step: int, state: TrainState, data_iter: Any, config: dict) -> None:
+        """Start saving `step` (asynchronously); NonFiniteError, writing nothing, if `state` holds
+        NaN/inf."""
+        if self.read_only:
+            raise ValueError(f"{self.directory} was opened read-only")
+        if not all_finite(state):
+            latest = self.latest_step()
+            raise NonFiniteError(
+                f"the train state at step {step} holds NaN or inf values; no checkpoint was written. "
+                + (f"The last good checkpoint is {self.directory / str(latest)}." if latest else
+                   "There is no earlier checkpoint."))
+        args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
+        if data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self._mgr.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def damaged(self, step: int, why: str) -> str:
+        return f"checkpoint {self.directory / str(step)} (step {step}) is damaged: {why}"
+
+    def missing_items(self, step: int) -> list[str]:
+        """Items of `step` whose folder is gone or empty (a checkpoint always has all of ITEMS)."""
+        d = self.directory / str(step)
+        return [i for i in ITEMS if not (d / i).is_dir() or not any((d / i).iterdir())]
+
+    def restore(self, step: int, abstract_state: TrainState, data_iter: Any = None) -> TrainState:
+        """Restore into `abstract_state`'s shapes/shardings; moves `data_iter` to the saved position.
+
+        CheckpointError (naming the step) if an item is missing, a file cannot be read, or a value
+        is NaN/inf."""
+        missing = self.missing_items(step)
+        if missing:
+            raise CheckpointError(self.damaged(step, f"missing {', '.join(missing)}"))
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            target = _DataRestoreTarget(data_iter) if isinstance(data_iter, grain.DatasetIterator) \
+                else data_iter
+            args["data"] = grain.checkpoint.CheckpointRestore(target)
+        try:
+            with _quiet_failed_reads():
+                state = self._mgr.restore(step, args=ocp.args.Composite(**args))["state"]
+        except Exception as e:  # orbax, tensorstore and json raise many types; all mean "damaged"
+            raise CheckpointError(self.damaged(step, _reason(e))) from e
+        if not all_finite(state):
+            raise CheckpointError(self.damaged(step, "it holds NaN or inf values"))
+        return state
+
+    def restore_config(self, step: int) -> dict:
+        try:
+            return self._mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+                "config"]
+        except Exception as e:
+            raise CheckpointError(self.damaged(step, f"its config: {_reason(e)}")) from e
+
+    def newest_config(self) -> tuple[int, dict] | None:
+        """(step, saved config) of the newest checkpoint whose config reads back, or None."""
+        for step in sorted(self.all_steps(), reverse=True):
+            if "config" not in self.missing_items(step):
+                try:
+                    return step, self.restore_config(step)
+                except CheckpointError:
+                    pass
+        return None
+
+    def unfinished(self) -> list[Path]:
+        """Folders of saves that never completed (the process died while writing them)."""
+        return sorted(self.directory.glob(f"*{_TMP_MARK}*")) if self.directory.is_dir() else []
+
+    def restore_newest(self, abstract_state: TrainState, data_iter: Any = None
+                       ) -> tuple[int, TrainState | None, list[int]]:
+        """(step, state, damaged steps) from the newest checkpoint that restores, trying older ones
+        (and saying why) when a newer one is damaged; (0, None, []) if there are none.
+
+        CheckpointError if every checkpoint is damaged."""
+        for path in self.unfinished():
+            say(f"ignoring {path}: a checkpoint save that never completed (the process was stopped "
+                "while writing it)")
+        damaged: dict[int, str] = {}
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return step, self.restore(step, abstract_state, data_iter), list(damaged)
+            except CheckpointError as e:
+                damaged[step] = str(e)
+                say(f"{e}; trying the previous checkpoint")
+        if damaged:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory}:\n" + "\n".join(f"  {m}" for m in damaged.values())
+                + f"\nMove {self.directory} aside to start the run over, or restore it from a backup.")
+        return 0, None, []
+
+    def set_aside(self, steps: list[int]) -> Path:
+        """Move damaged step folders to `<checkpoints>.damaged/` (kept for inspection), so a resumed
+        run can save those steps again."""
+        dest = self.directory.with_name(self.directory.name + ".damaged")
+        if jax.process_index() == 0:
+            dest.mkdir(exist_ok=True)
+            for step in steps:
+                target, n = dest / str(step), 1
+                while target.exists():
+                    target, n = dest / f"{step}.{n}", n + 1
+                shutil.move(str(self.directory / str(step)), str(target))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("radial_jax: damaged checkpoints set aside")
+        self._mgr.reload()
+        return dest
+
+    def wait(self) -> None:
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mgr.close()
+
+
+def abstract_like(state: TrainState) -> TrainState:
+    """ShapeDtypeStructs (with shardings) standing for `state`, as restore targets."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def load_trained(run_dir: str | Path, overrides: list[str] | tuple = (), step: int | None = None):
+    """(config, graphdef, params, step) of a run's newest (or given) checkpoint, for eval/generate.
+
+    The config is the run's own `config.yaml` with `overrides` applied (e.g. another data source).
+    """
+    from flax import nnx
+
+    from radial_jax.config import load_config
+    from radial_jax.model.build import build_model
+    from radial_jax.train.optimizer import make_optimizer
+    from radial_jax.train.step import init_state
+
+    run_dir = Path(run_dir).expanduser()
+    from radial_jax.export import is_model_dir, load_model_dir
+
+    if is_model_dir(run_dir):  # `radial export` output or a Hugging Face directory: read without orbax
+        return load_model_dir(run_dir, overrides)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
+    cfg = load_config(cfg_path, overrides)
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, async_save=False,
+                        read_only=True)
+    steps = ckpt.all_steps()
+    step = step if step is not None else ckpt.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with `radial train`")
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory}; it has steps "
+                                f"{', '.join(map(str, sorted(steps))) or 'none'}")
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)
+    abstract = jax.eval_shape(lambda p: init_state(p, make_optimizer(cfg.train)), params)
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # whatever mesh saved it
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
+    try:
+        state = ckpt.restore(step, abstract)
+    except CheckpointError as e:
+        others = sorted((s for s in steps if s != step), reverse=True)
+        hint = (f"; pick another with --step (steps {', '.join(map(str, others))}), or run `radial "
+                f"train` on this run dir, which resumes from the newest intact one" if others else
+                "; no other checkpoint is left")
+        raise CheckpointError(f"{e}{hint}") from None
+    finally:
+        ckpt.close()
+    return cfg, graphdef, state.params, step

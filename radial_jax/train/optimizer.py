@@ -1,0 +1,26 @@
+"""AdamW with linear warmup and cosine decay, global-norm clipping, decay on matrices only."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from radial_jax.config import TrainConfig
+
+
+def lr_schedule(t: TrainConfig) -> optax.Schedule:
+    """Warmup then cosine decay to the end of training; warmup is cut to the run if it is longer."""
+    warmup = min(t.warmup_steps, t.steps - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
+        decay_steps=max(t.steps, warmup + 1), end_value=t.lr * t.min_lr_ratio)
+
+
+def make_optimizer(t: TrainConfig) -> optax.GradientTransformation:
+    def decay_mask(params):
+        return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+    parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+    parts.append(optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
+                             weight_decay=t.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)

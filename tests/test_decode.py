@@ -1,0 +1,147 @@
+"""KV cache and cached decoding: prefill + token-by-token decoding reproduce the full forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from radial_jax.model.build import build_model
+from radial_jax.model.decode import decode_step, prefill, unstack_pool
+from radial_jax.model.kv_cache import bytes_per_token, check_room, init_cache
+from tests.helpers import tiny_config
+
+# P = 3 and capacity_factor = P: capacity = seq_len, so training drops nothing; a random router
+# init makes tokens skip, reuse and spread over layers.
+RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3", "model.capacity_factor=3",
+          "router.init=random"]
+CASES = {
+    "dense": [],
+    "dense-gpt2-style": ["model.norm=layer", "model.mlp=gelu_tanh", "model.qkv_bias=true",
+                         "model.out_bias=true", "model.mlp_bias=true", "model.positions=learned",
+                         "model.max_positions=32"],
+    "mask-allow-prefix0": [*RADIAL, "model.kv_skip=mask", "routing.reuse=allow", "model.prefix_layers=0"],
+    "carry-forbid-prefix1": [*RADIAL, "model.kv_skip=carry", "routing.reuse=forbid",
+                             "model.prefix_layers=1"],
+    "mask-forbid-prefix1": [*RADIAL, "model.kv_skip=mask", "routing.reuse=forbid", "model.prefix_layers=1"],
+    "carry-allow-prefix0-top2-monotonic": [*RADIAL, "model.kv_skip=carry", "routing.reuse=allow",
+                                           "routing.top_k=2", "routing.order=monotonic"],
+}
+N, MAX_LEN = 20, 32
+TOTAL = np.array([20, 13, 17])   # tokens per sequence (ragged)
+PROMPT = np.array([6, 1, 11])    # of which the prompt
+
+
+prefill_jit = jax.jit(prefill, static_argnums=0)
+decode_jit = jax.jit(decode_step, static_argnums=0, static_argnames="switch")
+
+
+def setup(overrides):
+    cfg = tiny_config(*overrides)
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    rng = np.random.default_rng(0)
+    seg = (np.arange(N)[None] < TOTAL[:, None]).astype(np.int32)
+    tokens = rng.integers(0, 256, (len(TOTAL), N)).astype(np.int32) * seg
+    pos = np.broadcast_to(np.arange(N, dtype=np.int32), tokens.shape)
+    forward = jax.jit(lambda p, *a: nnx.merge(graphdef, p)(*a, **(
+        {"return_trace": True} if cfg.model.kind == "radial" else {})))
+    logits, aux = forward(params, tokens, pos, seg)
+    return cfg, graphdef, params, tokens, np.asarray(logits), aux
+
+
+def decode_rows(cfg, graphdef, params, tokens, rows, prompt=PROMPT, **kw):
+    """Prefill rows' prompts, then feed their remaining tokens one at a time: logits per position."""
+    cache = init_cache(cfg, len(rows), MAX_LEN)
+    plen = prompt[rows]
+    got = {}
+    if plen.max() > 0:
+        logits, cache = prefill_jit(graphdef, params, tokens[rows, :plen.max()], plen, cache)
+        logits = np.asarray(logits)
+        got = {(i, j): logits[i, j] for i in range(len(rows)) for j in range(plen[i])}
+    for step in range((TOTAL[rows] - plen).max()):
+        at = np.minimum(plen + step, N - 1)
+        logits, cache = decode_jit(graphdef, params, tokens[rows, at], cache, **kw)
+        logits = np.asarray(logits)
+        for i, r in enumerate(rows):
+            if plen[i] + step < TOTAL[r]:
+                got[(i, plen[i] + step)] = logits[i]
+    return got, cache
+
+
+SLOW = {"dense-gpt2-style", "mask-forbid-prefix1", "carry-allow-prefix0-top2-monotonic"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
+def test_prefill_then_decode_equals_full_forward(case):
+    """A ragged batch of 3 (batched path), then one sequence alone (batch-1 lax.switch path)."""
+    cfg, graphdef, params, tokens, want, aux = setup(CASES[case])
+    rows = [0, 1, 2]
+    got, cache = decode_rows(cfg, graphdef, params, tokens, rows)
+    assert len(got) == TOTAL.sum()
+    for (i, j), g in got.items():
+        np.testing.assert_allclose(g, want[rows[i], j], atol=1e-4, rtol=0, err_msg=f"{case} row {i} pos {j}")
+    np.testing.assert_array_equal(np.asarray(cache.length_B), PROMPT + (TOTAL - PROMPT).max())
+    if cfg.model.kind == "dense":
+        return
+    assert float(aux["route/drop_rate"]) == 0.0
+    trace = np.asarray(aux["trace_TxBxS"])
+    route = np.asarray(cache.route_TxBxM)
+    assert (trace < 3).any() and (trace == 3).any()  # some tokens run layers, some skip
+    for r in rows:  # the cache keeps the routing decisions training made
+        np.testing.assert_array_equal(route[:, r, :TOTAL[r]], trace[:, r, :TOTAL[r]])
+
+    # Batch 1, every token decoded from an empty cache by the lax.switch path (only the chosen
+    # layer runs): the same logits, routes and cache as the batched path.
+    switched, c1 = decode_rows(cfg, graphdef, params, tokens, [2], prompt=0 * PROMPT, switch=True,
+                               pool_layers=unstack_pool(graphdef, params))
+    assert len(switched) == TOTAL[2]
+    for (_, j), g in switched.items():
+        np.testing.assert_allclose(g, got[(2, j)], atol=1e-5, rtol=0, err_msg=f"{case} pos {j}")
+    n = TOTAL[2]
+    np.testing.assert_array_equal(np.asarray(c1.route_TxBxM)[:, 0, :n], route[:, 2, :n])
+    np.testing.assert_array_equal(np.asarray(c1.written_LxBxM)[:, 0, :n],
+                                  np.asarray(cache.written_LxBxM)[:, 2, :n])
+    np.testing.assert_allclose(np.asarray(c1.k_LxBxMxGxK)[:, 0, :n], np.asarray(cache.k_LxBxMxGxK)[:, 2, :n],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("extra, slots, steps", [([], 2, 0), ([*RADIAL, "model.prefix_layers=1"], 4, 3),
+                                                 ([*RADIAL, "model.dtype=bfloat16"], 3, 3)])
+def test_cache_shapes_dtype_and_bytes_per_token(extra, slots, steps):
+    cfg = tiny_config(*extra)
+    cache = init_cache(cfg, 3, 16)
+    kv_dtype = jnp.bfloat16 if "model.dtype=bfloat16" in extra else jnp.float32
+    g, k = 2, 8  # n_kv_heads, d_model / n_heads
+    assert cache.k_LxBxMxGxK.shape == cache.v_LxBxMxGxK.shape == (slots, 3, 16, g, k)
+    assert cache.k_LxBxMxGxK.dtype == kv_dtype
+    assert cache.written_LxBxM.shape == (slots, 3, 16) and cache.written_LxBxM.dtype == jnp.bool_
+    assert cache.route_TxBxM.shape == (steps, 3, 16) and cache.route_TxBxM.dtype == jnp.int32
+    assert cache.length_B.shape == (3,) and not cache.written_LxBxM.any()
+    want = slots * 2 * g * k * jnp.dtype(kv_dtype).itemsize + slots + 4 * steps
+    assert cache.bytes_per_token() == want == bytes_per_token(cfg)
+    assert cache.nbytes == want * 3 * 16 + 4 * 3
+    assert jax.tree.structure(cache) == jax.tree.structure(jax.tree.map(lambda x: x, cache))  # a pytree
+
+
+def test_decoding_past_max_len_is_a_clear_error():
+    cfg = tiny_config(*RADIAL)
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    cache = init_cache(cfg, 2, 8)
+    with pytest.raises(ValueError, match=r"max_len=8.*sequence 1 holds 0 positions and 9 more"):
+        prefill(graphdef, params, jnp.zeros((2, 9), jnp.int32), jnp.array([3, 9]), cache)
+    full = cache.replace(length_B=jnp.array([5, 8], jnp.int32))
+    with pytest.raises(ValueError, match=r"max_len=8.*sequence 1 holds 8 positions and 1 more.*9 in all"):
+        decode_step(graphdef, params, jnp.zeros((2,), jnp.int32), full)
+    check_room(full, np.array([3, 0]))  # exactly full is fine
+    with pytest.raises(ValueError, match="max_len=8"):
+        check_room(full, 1, length=np.array([7, 8]))
+    learned = tiny_config("model.positions=learned", "model.max_positions=32")
+    with pytest.raises(ValueError, match="max_len=33 exceeds model.max_positions=32"):
+        init_cache(learned, 1, 33)
+
+
+def test_expert_choice_cannot_decode():
+    cfg = tiny_config(*RADIAL, "routing.policy=expert_choice")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    with pytest.raises(ValueError, match="expert_choice is not causal"):
+        decode_step(graphdef, params, jnp.zeros((1,), jnp.int32), init_cache(cfg, 1, 4))

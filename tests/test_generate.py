@@ -1,0 +1,134 @@
+"""Sampling and generation: greedy is the argmax of the full forward, seeds repeat, batches are ragged,
+EOS stops, and `radial generate` prints text from a trained checkpoint."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from radial_jax.cli import main
+from radial_jax.generate.command import format_depths
+from radial_jax.generate.sampling import Generator, Sampling, sample_logits
+from radial_jax.model.build import build_model
+from radial_jax.train.loop import train
+from tests.helpers import tiny_config
+from tests.test_train import run_cfg
+
+RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3", "router.init=random"]
+PROMPTS = [[256, 72, 101, 108, 108, 111], [256, 100], [256, 1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+@pytest.fixture(scope="module")
+def radial():
+    cfg = tiny_config(*RADIAL)
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    return cfg, graphdef, params, Generator(cfg, graphdef, params)
+
+
+def test_greedy_is_deterministic_and_follows_the_full_forward(radial):
+    cfg, graphdef, params, gen = radial
+    a = gen.generate(PROMPTS, max_tokens=8, sampling=Sampling(temperature=0.0))
+    b = gen.generate(PROMPTS, max_tokens=8, sampling=Sampling(temperature=0.0))
+    assert a.tokens == b.tokens and a.depth == b.depth and a.stop == ["max_tokens"] * 3
+    assert all(len(t) == 8 for t in a.tokens)
+    # Every greedy token is the argmax of one full forward pass over prompt + generated tokens
+    # (capacity = seq_len there, so training-style routing drops nothing either).
+    seq = PROMPTS[0] + a.tokens[0]
+    full = tiny_config(*RADIAL, "model.capacity_factor=3")
+    forward = jax.jit(lambda p, *a: nnx.merge(nnx.graphdef(build_model(full)), p)(*a))
+    s = len(seq)
+    logits, _ = forward(params, jnp.asarray([seq]), jnp.arange(s)[None], jnp.ones((1, s), jnp.int32))
+    want = np.asarray(jnp.argmax(logits[0], -1))[len(PROMPTS[0]) - 1:-1]
+    assert a.tokens[0] == want.tolist()
+    assert all(1 <= d <= 3 for row in a.depth for d in row)
+
+
+def test_batched_ragged_prompts_match_one_at_a_time(radial):
+    cfg, graphdef, params, gen = radial
+    batched = gen.generate(PROMPTS, max_tokens=6, sampling=Sampling(temperature=0.0))
+    alone = gen.generate(PROMPTS[2:], max_tokens=6, sampling=Sampling(temperature=0.0))  # lax.switch
+    assert batched.tokens[2] == alone.tokens[0] and batched.depth[2] == alone.depth[0]
+
+
+def test_sampling_repeats_under_a_seed_and_differs_across_seeds(radial):
+    _, _, _, gen = radial
+    rule = Sampling(temperature=1.0, top_k=100, top_p=0.95)
+    a = gen.generate(PROMPTS, max_tokens=12, sampling=rule, seed=1)
+    b = gen.generate(PROMPTS, max_tokens=12, sampling=rule, seed=1)
+    c = gen.generate(PROMPTS, max_tokens=12, sampling=rule, seed=2)
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+
+
+def test_eos_stops_a_sequence(radial):
+    _, _, _, gen = radial
+    free = gen.generate(PROMPTS, max_tokens=6, sampling=Sampling(temperature=0.0))
+    eos = free.tokens[0][2]
+    seen = []
+    out = gen.generate(PROMPTS, max_tokens=6, sampling=Sampling(temperature=0.0), eos_id=eos,
+                       on_token=lambda row, tok, depth: seen.append((row, tok)))
+    first = free.tokens[0].index(eos)
+    assert out.tokens[0] == free.tokens[0][:first] and out.stop[0] == "eos"
+    assert (0, eos) in seen and [t for r, t in seen if r == 0][-1] == eos  # streamed, then stopped
+    if eos not in free.tokens[1]:
+        assert out.tokens[1] == free.tokens[1] and out.stop[1] == "max_tokens"
+
+
+def test_sample_logits_rules():
+    probs = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 400)
+
+    def support(rule):
+        draws = jax.vmap(lambda k: sample_logits(probs, k, rule))(keys)
+        return set(np.asarray(draws).ravel().tolist())
+
+    assert support(Sampling(temperature=0.0)) == {0}
+    assert support(Sampling(temperature=1.0)) == {0, 1, 2, 3}
+    assert support(Sampling(temperature=1.0, top_k=2)) == {0, 1}
+    assert support(Sampling(temperature=1.0, top_p=0.7)) == {0, 1}   # 0.5 < 0.7 <= 0.8
+    assert support(Sampling(temperature=1.0, top_p=0.5)) == {0}
+    assert support(Sampling(temperature=1.0, top_k=3, top_p=0.99)) == {0, 1, 2}
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(temperature=1.0, top_p=0.0)
+
+
+def test_format_depths():
+    text = format_depths(["a", "\n", "b"], [3, 1, 2], 4)
+    assert text.splitlines() == ["[depth] blocks run per generated token (of 4): mean 2.00 (50%)",
+                                 "'a':3 '\\n':1 'b':2"]
+
+
+@pytest.mark.slow
+def test_generate_command_prints_text_from_a_trained_checkpoint(tmp_path, corpus_cache, capsys):
+    run_dir = tmp_path / "run"
+    train(run_cfg(run_dir, corpus_cache, "train.steps=3", *RADIAL[:3]))
+    capsys.readouterr()
+    args = ["generate", "--checkpoint", str(run_dir), "--prompt", "def main(", "--max-tokens", "24",
+            "--seed", "3", "--show-depth"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    text, depth = out.split("\n[depth] ")
+    assert text.startswith("def main(") and len(text) > len("def main(")
+    assert depth.startswith("blocks run per generated token (of 3): mean")
+    assert main(args) == 0
+    assert capsys.readouterr().out == out  # same seed, same text
+    assert main([*args, "--top-p", "0"]) == 2
+    assert "error: sampling needs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
+    from radial_jax.bench.decode import run
+
+    out = tmp_path / "decode.json"
+    small = ["model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64"]
+    report = run(["configs/radial_tiny.yaml", "configs/tiny.yaml"], small, str(out), prompt_len=8,
+                 new_tokens=2, windows=2, transformers=False)
+    rows = report["results"]
+    assert [(r["kind"], r["batch"], r["path"]) for r in rows] == [
+        ("radial", 1, "switch"), ("radial", 1, "batched"), ("radial", 8, "batched"),
+        ("dense", 1, "all layers"), ("dense", 8, "all layers")]
+    assert all(r["ms_per_token"] > 0 and 0 < r["active_fraction"] <= 1 for r in rows)
+    assert "radial_tiny" in report["radial_over_dense_batch1"]
+    assert out.is_file() and "| radial_tiny |" in capsys.readouterr().out

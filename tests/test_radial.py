@@ -1,0 +1,175 @@
+"""The radial model: exactness against the dense model, causality, router learning signal, cost."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from radial_jax.model.build import build_model, count_params
+from radial_jax.train.optimizer import lr_schedule, make_optimizer
+from radial_jax.train.step import init_state, make_train_step
+from tests.helpers import packed_batch, tiny_config
+
+RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3"]
+
+
+@nnx.jit(static_argnames="return_trace")
+def _forward(model, inputs, positions, segment_ids, return_trace=False):
+    return model(inputs, positions, segment_ids, **({"return_trace": True} if return_trace else {}))
+
+
+def logits_of(model, batch, **kw):
+    return _forward(model, batch["inputs"], batch["positions"], batch["segment_ids"], **kw)
+
+
+def radial_from_dense(dense, radial, prefix: int):
+    """Give `radial` the dense model's weights: embedder, prefix blocks, then the rest stacked as the pool."""
+    nnx.update(radial.embedder, nnx.state(dense.embedder))
+    for i in range(prefix):
+        nnx.update(radial.prefix[i], nnx.state(dense.blocks[i]))
+    rest = [nnx.state(b) for b in list(dense.blocks)[prefix:]]
+    nnx.update(radial.pool, jax.tree.map(lambda *xs: jnp.stack(xs), *rest))
+
+
+@pytest.mark.parametrize("prefix, kv_skip", [(0, "mask"), (1, "carry"), (1, "mask")])
+def test_fixed_schedule_equals_dense(prefix, kv_skip):
+    layers = 3
+    pool = layers - prefix
+    dense = build_model(tiny_config(f"model.n_layers={layers}"))
+    radial = build_model(tiny_config(
+        "model.kind=radial", f"model.pool_size={pool}", f"model.steps={pool}",
+        f"model.prefix_layers={prefix}", f"model.capacity_factor={pool}", f"model.kv_skip={kv_skip}",
+        "routing.policy=fixed"))
+    radial_from_dense(dense, radial, prefix)
+    batch = packed_batch([[10, 22], [32], [7, 7, 7, 5], [20]], seq_len=32)
+    want = logits_of(dense, batch)[0]
+    got, aux = logits_of(radial, batch)
+    real = np.asarray(batch["segment_ids"]) != 0  # padding skips in the radial model; never scored
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5, rtol=1e-5)
+    assert float(aux["route/drop_rate"]) == 0.0
+    assert float(aux["route/active_depth"]) == pytest.approx(prefix + pool)  # over real tokens
+
+
+def test_pool_parameters_are_stacked_on_a_pool_axis():
+    radial = build_model(tiny_config(*RADIAL))
+    wq = radial.pool.attn.wq
+    assert wq.shape[0] == 3
+    assert wq.get_metadata()["out_sharding"][0] == "pool"
+
+
+def test_parameter_count_independent_of_steps():
+    a = count_params(build_model(tiny_config(*RADIAL)))
+    b = count_params(build_model(tiny_config("model.kind=radial", "model.pool_size=3", "model.steps=6")))
+    d, h, r = 32, 64, 4  # d_model, router hidden, P + 1 choices
+    assert b - a == 3 * (d * h + h + h * r + r)  # only the 3 extra steps' router weights
+
+
+@pytest.mark.parametrize("extra", [[], ["routing.reuse=forbid"], ["routing.order=monotonic"],
+                                   ["model.kv_skip=carry"], ["model.prefix_layers=1"],
+                                   ["routing.top_k=2"]])
+def test_token_choice_is_causal_when_nothing_is_dropped(extra):
+    cfg = tiny_config(*RADIAL, "model.capacity_factor=3", "router.init=random", *extra)
+    model = build_model(cfg)
+    batch = packed_batch([[32], [16, 16]], seq_len=32)
+    base, aux = logits_of(model, batch)
+    assert float(aux["route/drop_rate"]) == 0.0
+    j = 13
+    toks = np.asarray(batch["inputs"]).copy()
+    toks[:, j] = (toks[:, j] + 101) % 256
+    new, _ = logits_of(model, {**batch, "inputs": jnp.asarray(toks)})
+    diff = np.abs(np.asarray(new - base)).max(-1)
+    assert diff[:, :j].max() == 0.0
+    assert diff[0, j:].max() > 0
+
+
+def test_changing_one_document_leaves_the_others_alone():
+    model = build_model(tiny_config(*RADIAL, "model.capacity_factor=3", "router.init=random"))
+    batch = packed_batch([[10, 12, 10]], seq_len=32)
+    base, _ = logits_of(model, batch)
+    seg = np.asarray(batch["segment_ids"][0])
+    toks = np.asarray(batch["inputs"]).copy()
+    toks[0, seg == 2] = (toks[0, seg == 2] + 5) % 256
+    new, _ = logits_of(model, {**batch, "inputs": jnp.asarray(toks)})
+    diff = np.abs(np.asarray(new - base)).max(-1)[0]
+    assert diff[seg == 2].max() > 0 and diff[seg != 2].max() == 0.0
+
+
+def test_reuse_forbid_and_monotonic_constraints_hold_in_the_trace():
+    batch = packed_batch([[32], [32]], seq_len=32)
+    cfg = tiny_config("model.kind=radial", "model.pool_size=3", "model.steps=5",
+                      "model.capacity_factor=3", "router.init=random", "router.init_bias=0",
+                      "routing.reuse=forbid", "routing.order=monotonic")
+    _, aux = logits_of(build_model(cfg), batch, return_trace=True)
+    trace = np.asarray(aux["trace_TxBxS"])  # [T, B, S], P = skipped
+    for b in range(2):
+        for s in range(32):
+            ran = [int(x) for x in trace[:, b, s] if x < 3]
+            assert len(ran) == len(set(ran)) and ran == sorted(ran)
+
+
+def test_capacity_overflow_drops_tokens_and_reports_it():
+    cfg = tiny_config(*RADIAL, "model.capacity_factor=0.25")
+    _, aux = logits_of(build_model(cfg), packed_batch([[32]] * 2, seq_len=32))
+    assert float(aux["route/drop_rate"]) > 0.0
+    assert float(aux["route/active_fraction"]) <= 0.25 * 1.01
+
+
+def test_router_gets_finite_nonzero_gradients_from_the_lm_loss_alone():
+    cfg = tiny_config(*RADIAL, "routing.load_balance_weight=0", "routing.z_loss_weight=0")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    batch = packed_batch([[20, 12], [32], [16, 16], [30]], seq_len=32)
+
+    def ce(params):
+        logits, _ = nnx.merge(graphdef, params)(batch["inputs"], batch["positions"],
+                                                 batch["segment_ids"])
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
+        return (nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+
+    grads = jax.jit(jax.grad(ce))(params)
+    router = grads["router"]
+    for name in ("w_in", "w_out", "b_out"):
+        g = np.asarray(router[name][...])
+        assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+
+
+@pytest.mark.parametrize("policy", ["expert_choice", "token_choice"])
+def test_training_steps_reduce_loss(policy):
+    cfg = tiny_config(*RADIAL, f"routing.policy={policy}", "train.lr=1e-2", "train.steps=25")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    tx = make_optimizer(cfg.train)
+    step = jax.jit(make_train_step(graphdef, tx, lr_schedule(cfg.train)))
+    state = init_state(params, tx)
+    batch = packed_batch([[20, 12], [32], [16, 16], [30]], seq_len=32)
+    losses = []
+    for _ in range(25):
+        state, m = step(state, batch)
+        losses.append(float(m["train/ce"]))
+        assert np.isfinite(losses[-1])
+    assert losses[-1] < 0.7 * losses[0]
+    assert "route/load/s0_l0" in m and "loss/load_balance" in m
+
+
+def _train_step_flops(*overrides):
+    cfg = tiny_config(*overrides, "data.seq_len=64", "data.batch_size=2", "model.d_model=64",
+                      "model.d_ff=128")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    tx = make_optimizer(cfg.train)
+    state = init_state(params, tx)
+    batch = packed_batch([[64], [64]], seq_len=64)
+    compiled = jax.jit(make_train_step(graphdef, tx, lr_schedule(cfg.train))).lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+@pytest.mark.slow
+def test_compiled_cost_scales_with_steps_and_capacity_not_pool_size():
+    base = _train_step_flops("model.kind=radial", "model.pool_size=4", "model.steps=2")
+    bigger_pool = _train_step_flops("model.kind=radial", "model.pool_size=8", "model.steps=2")
+    more_steps = _train_step_flops("model.kind=radial", "model.pool_size=4", "model.steps=4")
+    more_capacity = _train_step_flops("model.kind=radial", "model.pool_size=4", "model.steps=2",
+                                      "model.capacity_factor=2")
+    assert bigger_pool / base == pytest.approx(1.0, abs=0.15)
+    assert more_steps / base > 1.6
+    assert more_capacity / base > 1.6
