@@ -93,6 +93,32 @@ def _cmd_bench(args) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def _cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from radial_jax.sweep import run
+    from radial_jax.sweep.spec import load_sweep
+
+    sweep = load_sweep(args.file)
+    out = Path(args.out) if args.out else sweep.default_out
+    if args.emit:
+        print("\n".join(run.emit_commands(sweep, out)))
+    elif args.dry_run:
+        print(run.format_plan(run.plan_rows(sweep, out)))
+    else:
+        run.run_sweep(sweep, out)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from radial_jax.sweep.report import write_report
+
+    paths = write_report(args.dir)
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radial", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="write the JSON report here")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
+
+    sw = sub.add_parser("sweep", help="train the arms of a sweep file one after another (resumable), "
+                                      "or --dry-run / --emit them")
+    sw.add_argument("file", help="sweep file, e.g. configs/sweeps/isoflop_tiny.yaml")
+    sw.add_argument("--out", default=None, help="folder of the arms' run dirs (default: runs/sweeps/<file>)")
+    mode = sw.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print each arm's parameters, FLOPs per token, steps and tokens, and stop")
+    mode.add_argument("--emit", action="store_true",
+                      help="print one `radial train` command per arm (to launch on a cluster), and stop")
+    sw.set_defaults(fn=_cmd_sweep)
+
+    rp = sub.add_parser("report", help="compare the runs of a sweep: report.md, report.csv and PNG plots")
+    rp.add_argument("dir", help="sweep output folder (the --out of `radial sweep`)")
+    rp.set_defaults(fn=_cmd_report)
     return p
 
 

@@ -1,0 +1,91 @@
+"""PNG plots of a sweep report: the isoFLOP picture, loss against inference cost, routing per arm.
+
+Arms of one group (the same model at different budgets) share a colour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _colours(results) -> dict[str, str]:
+    groups = list(dict.fromkeys(r.group for r in results))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
+
+
+def loss_vs_training_flops(results, path: Path) -> Path:
+    """Each arm's eval curve against training FLOPs spent (log x); the final points of a group are
+    joined, so at any budget the lower line is the better model for that compute."""
+    colour = _colours(results)
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    finals: dict[str, list] = {}
+    for r in results:
+        if not r.curve:
+            continue
+        x, y = zip(*r.curve, strict=True)
+        ax.plot(x, y, "-", color=colour[r.group], alpha=0.45, lw=1)
+        ax.plot(x[-1], y[-1], "o", color=colour[r.group])
+        finals.setdefault(r.group, []).append((x[-1], y[-1]))
+    for group, pts in finals.items():
+        pts.sort()
+        ax.plot(*zip(*pts, strict=True), "--", color=colour[group], lw=1.5, label=group)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (as compiled)")
+    ax.set_ylabel("eval loss (nats/token)")
+    ax.set_title("eval loss against training compute (dots: end of each arm)", fontsize=10)
+    if finals:
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def loss_vs_inference_flops(results, path: Path) -> Path:
+    """Final eval loss against inference FLOPs per token (radial: at its measured active depth)."""
+    colour = _colours(results)
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for r in results:
+        if r.eval_loss is None:
+            continue
+        ax.plot(r.inference_flops_per_token, r.eval_loss, "o", color=colour[r.group])
+        ax.annotate(r.name, (r.inference_flops_per_token, r.eval_loss), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the labels of the outermost points
+    ax.set_xlabel("inference FLOPs per token")
+    ax.set_ylabel("final eval loss (nats/token)")
+    ax.set_title("eval loss against inference cost", fontsize=10)
+    return _save(fig, path)
+
+
+def routing_stats(results, path: Path) -> Path:
+    """Per arm: mean active depth against the most it could run, and skip / drop rates (radial)."""
+    names = [r.name for r in results]
+    x = np.arange(len(names))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * len(names) + 3), 4.0))
+    ax1.bar(x, [r.max_depth for r in results], color="lightgrey", label="max depth")
+    ax1.bar(x, [r.active_depth or 0.0 for r in results], width=0.55, color="tab:blue",
+            label="mean active depth")
+    ax1.set_ylabel("blocks per token")
+    ax1.set_title("active depth (last eval)", fontsize=10)
+    ax1.legend(fontsize=7)
+    w = 0.38
+    ax2.bar(x - w / 2, [r.skip_rate or 0.0 for r in results], w, color="tab:orange", label="skip rate")
+    ax2.bar(x + w / 2, [r.drop_rate or 0.0 for r in results], w, color="tab:red", label="drop rate")
+    ax2.set_ylabel("fraction")
+    ax2.set_title("routing: skip / capacity drop (radial arms)", fontsize=10)
+    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+    return _save(fig, path)
