@@ -90,11 +90,15 @@ class RoutingConfig:
         "token_choice", "token picks a layer (causal), layer picks tokens (MoD), or step t -> layer t")
     top_k: int = _f(1, "token_choice: layers per token per step", lo=1)
     reuse: Literal["allow", "forbid"] = _f("allow", "may a token visit the same pool layer twice")
+    skip: Literal["allow", "forbid"] = _f("allow", "may a token skip a step (forbid: depth is set by "
+                                                   "capacity alone, overflow still passes through)")
     order: Literal["free", "monotonic"] = _f("free", "monotonic: layer index never decreases")
     load_balance_weight: float = _f(0.01, "Switch load-balance loss weight", lo=0.0)
     z_loss_weight: float = _f(1e-3, "router z-loss weight", lo=0.0)
     compute_weight: float = _f(0.0, "weight of the compute-target loss (0 = off)", lo=0.0)
     compute_target: float = _f(0.5, "target mean active fraction of routed steps", lo=0.0, hi=1.0)
+    gate: Literal["prob", "straight_through"] = _f(
+        "prob", "block delta scale: the router probability, or 1 with the probability's gradient")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ CASES = {
     "mask-forbid-prefix1": [*RADIAL, "model.kv_skip=mask", "routing.reuse=forbid", "model.prefix_layers=1"],
     "carry-allow-prefix0-top2-monotonic": [*RADIAL, "model.kv_skip=carry", "routing.reuse=allow",
                                            "routing.top_k=2", "routing.order=monotonic"],
+    "straight-through-noskip": [*RADIAL, "routing.gate=straight_through", "routing.skip=forbid"],
 }
 N, MAX_LEN = 20, 32
 TOTAL = np.array([20, 13, 17])   # tokens per sequence (ragged)
@@ -86,7 +87,10 @@ def test_prefill_then_decode_equals_full_forward(case):
     assert float(aux["route/drop_rate"]) == 0.0
     trace = np.asarray(aux["trace_TxBxS"])
     route = np.asarray(cache.route_TxBxM)
-    assert (trace < 3).any() and (trace == 3).any()  # some tokens run layers, some skip
+    if "routing.skip=forbid" in CASES[case]:  # every real token runs a layer at every step
+        assert all((trace[:, r, :TOTAL[r]] < 3).all() for r in rows)
+    else:
+        assert (trace < 3).any() and (trace == 3).any()  # some tokens run layers, some skip
     for r in rows:  # the cache keeps the routing decisions training made
         np.testing.assert_array_equal(route[:, r, :TOTAL[r]], trace[:, r, :TOTAL[r]])
 

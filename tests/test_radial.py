@@ -115,8 +115,10 @@ def test_capacity_overflow_drops_tokens_and_reports_it():
     assert float(aux["route/active_fraction"]) <= 0.25 * 1.01
 
 
-def test_router_gets_finite_nonzero_gradients_from_the_lm_loss_alone():
-    cfg = tiny_config(*RADIAL, "routing.load_balance_weight=0", "routing.z_loss_weight=0")
+@pytest.mark.parametrize("gate", ["prob", "straight_through"])
+def test_router_gets_finite_nonzero_gradients_from_the_lm_loss_alone(gate):
+    cfg = tiny_config(*RADIAL, "routing.load_balance_weight=0", "routing.z_loss_weight=0",
+                      f"routing.gate={gate}")
     graphdef, params = nnx.split(build_model(cfg), nnx.Param)
     batch = packed_batch([[20, 12], [32], [16, 16], [30]], seq_len=32)
 
@@ -131,6 +133,39 @@ def test_router_gets_finite_nonzero_gradients_from_the_lm_loss_alone():
     for name in ("w_in", "w_out", "b_out"):
         g = np.asarray(router[name][...])
         assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+
+
+def test_straight_through_gate_runs_blocks_at_full_size():
+    """Gate 1 in the forward pass. The router starts on the sequential schedule with a mild bias (so
+    every token takes layer t at step t, with probability ~0.5) and capacity for all: the output
+    equals the fixed schedule's, whose gates are exactly 1, and differs from the probability gate's."""
+    seq = ["router.init=sequential", "router.init_bias=1", "model.capacity_factor=3"]
+    batch = packed_batch([[20, 12], [32]], seq_len=32)
+    st = build_model(tiny_config(*RADIAL, *seq, "routing.gate=straight_through"))
+    fixed = build_model(tiny_config(*RADIAL, *seq, "routing.policy=fixed"))
+    prob = build_model(tiny_config(*RADIAL, *seq, "routing.gate=prob"))
+    nnx.update(fixed, nnx.state(st))
+    nnx.update(prob, nnx.state(st))
+    np.testing.assert_allclose(logits_of(st, batch)[0], logits_of(fixed, batch)[0], atol=1e-5)
+    assert np.abs(np.asarray(logits_of(prob, batch)[0] - logits_of(fixed, batch)[0])).max() > 1e-2
+
+
+def test_load_balance_counts_choices_before_capacity():
+    """Switch's f_p is the share of tokens that *chose* layer p: an overloaded layer must look
+    overloaded even though capacity lets only C of its tokens run."""
+    from radial_jax.config import RoutingConfig
+    from radial_jax.model import dispatch as dsp
+    from radial_jax.model.radial import _RouteStats
+
+    choice = jnp.array([[0] * 28 + [1] * 4])[..., None].astype(jnp.int32)  # [1, 32, 1], P = 2
+    d = dsp.plan_token_choice(choice, jnp.ones(choice.shape), 2, capacity=4)
+    probs = jnp.broadcast_to(jnp.array([0.9, 0.1, 0.0]), (1, 32, 3))
+    stats = _RouteStats(2)
+    stats.add(d, choice, jnp.log(probs + 1e-9), probs, jnp.ones((1, 32), bool))
+    out = stats.finish(RoutingConfig(), prefix_layers=0, steps=1)
+    # f = (28/32, 4/32): 2 * (0.875 * 0.9 + 0.125 * 0.1) = 1.6; after capacity it would read 1.0.
+    np.testing.assert_allclose(float(out["route/load_balance"]), 1.6, rtol=1e-5)
+    np.testing.assert_allclose(float(out["route/load/s0_l0"]), 4 / 32, rtol=1e-6)  # kept load
 
 
 @pytest.mark.parametrize("policy", ["expert_choice", "token_choice"])

@@ -25,7 +25,8 @@ from flax import nnx
 
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.kv_cache import KVCache, check_room
-from radial_jax.model.policy import History, allowed_layers, constrain, fixed_choice, token_choice
+from radial_jax.model.policy import (History, allowed_layers, constrain, fixed_choice, gate_value,
+                                     token_choice)
 from radial_jax.model.radial import _first_kept_layer, _shared_kv, kv_slot
 
 
@@ -204,7 +205,8 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     for t in range(model.steps):
         slot = model.prefix_layers + t
         logits_1x1xR = model.router(h_1x1xD, t)
-        masked = constrain(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order), valid_1x1)
+        masked = constrain(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order), valid_1x1,
+                           r.skip)
         dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
             masked, r.top_k)
         choice_K = dec.choice_BxSxK[0, 0]
@@ -222,7 +224,8 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
         cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
         mask = _mask(cache.written_LxBxM[slot], pos_1x1)
         k_slot, v_slot = cache.k_LxBxMxGxK[slot], cache.v_LxBxMxGxK[slot]
-        gate_K = dec.gate_BxSxK[0, 0] * kept_K
+        gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
+        gate_K = gate_K * kept_K
         deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)
                   * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
         h_1x1xD = h_1x1xD + sum(deltas)

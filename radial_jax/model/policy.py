@@ -5,7 +5,8 @@ K choices per token per step (top-k).
 
 Constraints are masks on the logits: `reuse: forbid` removes layers a token already used;
 `order: monotonic` removes layers below the last one it used (strictly below with reuse forbidden).
-Skip is always allowed, and padding tokens always skip.
+`skip: forbid` removes the skip choice (a token skips only when no layer is left to it);
+padding tokens always skip.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def allowed_layers(hist: History, *, reuse: str, order: str) -> jax.Array:
     return ok
 
 
-def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.Array) -> jax.Array:
-    """Mask disallowed layers; padding tokens may only skip."""
-    allowed_BxSxR = jnp.concatenate([allowed_BxSxP & valid_BxS[..., None],
-                                     jnp.ones_like(valid_BxS)[..., None]], axis=-1)
+def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.Array,
+              skip: str = "allow") -> jax.Array:
+    """Mask disallowed layers; padding tokens may only skip. With `skip="forbid"` a real token must
+    take a layer, unless its constraints have left it none."""
+    layer_ok_BxSxP = allowed_BxSxP & valid_BxS[..., None]
+    skip_ok_BxS = jnp.ones_like(valid_BxS) if skip == "allow" else ~layer_ok_BxSxP.any(-1)
+    allowed_BxSxR = jnp.concatenate([layer_ok_BxSxP, skip_ok_BxS[..., None]], axis=-1)
     return jnp.where(allowed_BxSxR, logits_BxSxR, NEG)
 
 
@@ -84,3 +88,12 @@ def fixed_choice(logits_BxSxR: jax.Array, t: int, pool_size: int, valid_BxS: jax
     probs = jax.nn.softmax(logits_BxSxR, axis=-1)
     return Decision(choice, jnp.ones((b, s, 1), jnp.float32), jnp.zeros((b, s, 1), jnp.float32),
                     probs)
+
+
+def gate_value(prob: jax.Array, mode: str) -> jax.Array:
+    """The multiplier of a block's residual delta: the router probability (`prob`), or 1 with the
+    probability's gradient (`straight_through`), so the block's update keeps its full size while
+    the router still learns from the language-model loss."""
+    if mode == "straight_through":
+        return 1.0 + prob - jax.lax.stop_gradient(prob)
+    return prob

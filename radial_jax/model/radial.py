@@ -21,7 +21,8 @@ from radial_jax.config import RouterConfig, RoutingConfig
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.embed import Embedder
 from radial_jax.model.layers import Block, attention_mask
-from radial_jax.model.policy import History, allowed_layers, constrain, fixed_choice, token_choice
+from radial_jax.model.policy import (History, allowed_layers, constrain, fixed_choice, gate_value,
+                                     token_choice)
 from radial_jax.model.router import Router
 from radial_jax.parallel.constrain import with_logical_constraint as shard
 
@@ -67,7 +68,7 @@ class RadialLM(nnx.Module):
         p, r = self.pool_size, self.routing
         logits_BxSxR = self.router(h_BxSxD, t)
         allowed_BxSxP = allowed_layers(hist, reuse=r.reuse, order=r.order) & valid_BxS[..., None]
-        masked = constrain(logits_BxSxR, allowed_BxSxP, valid_BxS)
+        masked = constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, r.skip)
         probs_BxSxR = jax.nn.softmax(masked, axis=-1)
         if r.policy == "expert_choice":  # each layer takes its top-C tokens by router probability
             scores_BxSxP = jnp.where(allowed_BxSxP, probs_BxSxR[..., :p], -jnp.inf)
@@ -82,7 +83,8 @@ class RadialLM(nnx.Module):
             gate_BxPxC = d.ok_BxPxC.astype(jnp.float32)
         else:
             probs_BxPxS = jnp.swapaxes(probs_BxSxR[..., :p], 1, 2)
-            gate_BxPxC = jnp.take_along_axis(probs_BxPxS, d.idx_BxPxC, axis=2) * d.ok_BxPxC
+            prob_BxPxC = jnp.take_along_axis(probs_BxPxS, d.idx_BxPxC, axis=2)
+            gate_BxPxC = gate_value(prob_BxPxC, r.gate) * d.ok_BxPxC
         return d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR
 
     # ------------------------------------------------------------------ the pool, batched over P
@@ -139,7 +141,8 @@ class RadialLM(nnx.Module):
                 x_BxPxCxD.dtype)
             h_BxSxD = shard(dsp.combine(h_BxSxD, shard(delta_BxPxCxD, BPCD), d), BSD)
             hist = hist.update(choice_BxSxK, d.kept_BxSxK, p)
-            stats.add(d, logits, probs, valid_BxS)
+            stats.add(d, None if self.routing.policy == "expert_choice" else choice_BxSxK, logits, probs,
+                      valid_BxS)
             if return_trace:
                 trace.append(_first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
         aux = stats.finish(self.routing, self.prefix_layers, self.steps)
@@ -191,7 +194,7 @@ class _RouteStats:
         self.p = pool_size
         self.rows: list[dict] = []
 
-    def add(self, d: dsp.Dispatch, logits_BxSxR, probs_BxSxR, valid_BxS) -> None:
+    def add(self, d: dsp.Dispatch, choice_BxSxK, logits_BxSxR, probs_BxSxR, valid_BxS) -> None:
         p = self.p
         w = valid_BxS.astype(jnp.float32)
         n = jnp.maximum(w.sum(), 1.0)
@@ -200,8 +203,13 @@ class _RouteStats:
         dropped = ((d.dropped_BxS > 0) * w).sum()
         chose_layer = ((d.kept_BxSxK.sum(-1) + d.dropped_BxS) > 0) * w  # real tokens not skipping
         load_P = d.ok_BxPxC.sum(axis=(0, 2)).astype(jnp.float32) / n
-        # Switch load balance: P * sum_p f_p * mean_prob_p over real tokens, pool layers only.
-        f_P = load_P / jnp.maximum(load_P.sum(), 1e-9)
+        # Switch load balance: P * sum_p f_p * mean_prob_p over real tokens, pool layers only. f_p is
+        # the share of layer choices made *before* capacity: counted after it, an overloaded layer
+        # would look no busier than a full one and the loss could not see the imbalance.
+        # (Expert choice has no per-token choice: each layer takes exactly its C tokens.)
+        chosen_P = load_P if choice_BxSxK is None else (
+            jax.nn.one_hot(choice_BxSxK, p + 1)[..., :p] * w[..., None, None]).sum((0, 1, 2))
+        f_P = chosen_P / jnp.maximum(chosen_P.sum(), 1e-9)
         mean_prob_P = (probs_BxSxR[..., :p] * w[..., None]).sum((0, 1)) / n
         lse = jax.nn.logsumexp(logits_BxSxR, axis=-1)
         ent = -(probs_BxSxR * jnp.log(jnp.maximum(probs_BxSxR, 1e-9))).sum(-1)
