@@ -97,6 +97,9 @@ class RoutingConfig:
     z_loss_weight: float = _f(1e-3, "router z-loss weight", lo=0.0)
     compute_weight: float = _f(0.0, "weight of the compute-target loss (0 = off)", lo=0.0)
     compute_target: float = _f(0.5, "target mean active fraction of routed steps", lo=0.0, hi=1.0)
+    balance_rate: float = _f(
+        0.0, "aux-loss-free balancing (DeepSeek-V3): each training step moves a per-layer bias on "
+             "the layer choice by this much against the layer's load error (0 = off)", lo=0.0)
     gate: Literal["prob", "straight_through"] = _f(
         "prob", "block delta scale: the router probability, or 1 with the probability's gradient")
 

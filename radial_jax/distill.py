@@ -110,7 +110,7 @@ def distill(teacher_path: str, config_path: str, overrides=(), *, kl_weight: flo
     teacher = load_model(teacher_path)
     cfg = student_config(teacher.cfg, load_config(config_path, overrides))
     graphdef, params = init_student(cfg, teacher)
-    tx = make_optimizer(cfg.train)
+    tx = make_optimizer(cfg.train, cfg.routing.balance_rate)
     opt_state = tx.init(params)
     step_fn = jax.jit(make_distill_step(graphdef, teacher.graphdef, tx, kl_weight=kl_weight,
                                         temperature=temperature), donate_argnums=(0, 1))

@@ -39,8 +39,11 @@ decode_jit = jax.jit(decode_step, static_argnums=0, static_argnames="switch")
 
 def setup(overrides):
     cfg = tiny_config(*overrides)
-    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    model = build_model(cfg)
     rng = np.random.default_rng(0)
+    if cfg.model.kind == "radial":  # a trained load-balancing bias: routes must follow it in decoding
+        model.router.select_bias[...] = jnp.asarray(rng.normal(0, 0.5, model.router.select_bias.shape))
+    graphdef, params = nnx.split(model, nnx.Param)
     seg = (np.arange(N)[None] < TOTAL[:, None]).astype(np.int32)
     tokens = rng.integers(0, 256, (len(TOTAL), N)).astype(np.int32) * seg
     pos = np.broadcast_to(np.arange(N, dtype=np.int32), tokens.shape)

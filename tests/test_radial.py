@@ -150,22 +150,66 @@ def test_straight_through_gate_runs_blocks_at_full_size():
     assert np.abs(np.asarray(logits_of(prob, batch)[0] - logits_of(fixed, batch)[0])).max() > 1e-2
 
 
-def test_load_balance_counts_choices_before_capacity():
+def test_load_balance_counts_choices_before_capacity_per_sequence():
     """Switch's f_p is the share of tokens that *chose* layer p: an overloaded layer must look
-    overloaded even though capacity lets only C of its tokens run."""
+    overloaded even though capacity lets only C of its tokens run. And balance is per sequence, the
+    group capacity counts over: two sequences overloading different layers are not balanced."""
     from radial_jax.config import RoutingConfig
     from radial_jax.model import dispatch as dsp
     from radial_jax.model.radial import _RouteStats
 
-    choice = jnp.array([[0] * 28 + [1] * 4])[..., None].astype(jnp.int32)  # [1, 32, 1], P = 2
-    d = dsp.plan_token_choice(choice, jnp.ones(choice.shape), 2, capacity=4)
-    probs = jnp.broadcast_to(jnp.array([0.9, 0.1, 0.0]), (1, 32, 3))
-    stats = _RouteStats(2)
-    stats.add(d, choice, jnp.log(probs + 1e-9), probs, jnp.ones((1, 32), bool))
-    out = stats.finish(RoutingConfig(), prefix_layers=0, steps=1)
+    def load_balance(choice_BxS, probs_BxSxR):
+        choice = jnp.asarray(choice_BxS, jnp.int32)[..., None]
+        d = dsp.plan_token_choice(choice, jnp.ones(choice.shape), 2, capacity=4)
+        probs = jnp.broadcast_to(jnp.asarray(probs_BxSxR, jnp.float32), (*choice.shape[:2], 3))
+        stats = _RouteStats(2)
+        stats.add(d, choice, jnp.log(probs + 1e-9), probs, jnp.ones(choice.shape[:2], bool))
+        return stats.finish(RoutingConfig(), prefix_layers=0, steps=1)
+
+    out = load_balance([[0] * 28 + [1] * 4], [0.9, 0.1, 0.0])
     # f = (28/32, 4/32): 2 * (0.875 * 0.9 + 0.125 * 0.1) = 1.6; after capacity it would read 1.0.
     np.testing.assert_allclose(float(out["route/load_balance"]), 1.6, rtol=1e-5)
     np.testing.assert_allclose(float(out["route/load/s0_l0"]), 4 / 32, rtol=1e-6)  # kept load
+    # Sequence 0 all on layer 0, sequence 1 all on layer 1, probabilities following the choices:
+    # balanced over the batch (it would read 1.0), each sequence fully imbalanced (2 * 1 * 1 = 2).
+    choice = np.array([[0] * 32, [1] * 32])
+    out = load_balance(choice, np.where(choice[..., None] == np.arange(3), 1.0, 0.0))
+    np.testing.assert_allclose(float(out["route/load_balance"]), 2.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05])
+def test_balance_bias_moves_against_load_and_leaves_gates_alone(rate):
+    """Aux-loss-free balancing: every token starts on layer t at step t; the selection bias of that
+    overloaded layer goes down by `rate` per step and the idle layers' go up, until tokens spread."""
+    cfg = tiny_config(*RADIAL, "router.init=sequential", "router.init_bias=0.3", "routing.skip=forbid",
+                      f"routing.balance_rate={rate}", "routing.load_balance_weight=0", "train.lr=1e-9")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    tx = make_optimizer(cfg.train, cfg.routing.balance_rate)
+    step = jax.jit(make_train_step(graphdef, tx, lr_schedule(cfg.train)))
+    state = init_state(params, tx)
+    batch = packed_batch([[20, 12], [32], [16, 16], [30]], seq_len=32)
+    loads, biases = [], []
+    for _ in range(12):
+        state, m = step(state, batch)
+        loads.append(max(float(m[f"route/load/s0_l{p}"]) for p in range(3)))
+        biases.append(np.asarray(state.params["router"]["select_bias"][...]))
+    if rate == 0:
+        np.testing.assert_array_equal(biases[-1], 0.0)
+        assert loads[-1] == loads[0]
+        return
+    # First update: layer t (overloaded at step t) down by `rate`, the idle layers up by `rate`.
+    np.testing.assert_allclose(biases[0], np.where(np.eye(3), -rate, rate), atol=1e-7)
+    assert loads[-1] < loads[0]  # the top layer's load fell as tokens moved to others
+    assert (np.diag(biases[-1]) < 0).all()
+    # Gates stay the router's probabilities: shifting the bias changes choices, not gate values.
+    model = nnx.merge(graphdef, state.params)
+    h = jax.random.normal(jax.random.key(0), (2, 32, cfg.model.d_model))
+    from radial_jax.model.policy import History
+    valid = jnp.ones((2, 32), bool)
+    _, gate, choice, _, probs = model.decide(h, 0, History.empty(2, 32, 3), valid, 32)
+    got = np.sort(np.asarray(gate)[np.asarray(gate) > 0])
+    want = np.sort(np.take_along_axis(np.asarray(probs), np.asarray(choice), -1).ravel())
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["expert_choice", "token_choice"])

@@ -43,7 +43,7 @@ def time_train_step(cfg, *, warmup: int = 3, windows: int = 5, steps_per_window:
     model = build_model(cfg)
     n_params = count_params(model)
     graphdef, params = nnx.split(model, nnx.Param)
-    tx = make_optimizer(cfg.train)
+    tx = make_optimizer(cfg.train, cfg.routing.balance_rate)
     state = init_state(params, tx)
     step = jax.jit(make_train_step(graphdef, tx, lr_schedule(cfg.train)), donate_argnums=0)
     batch = jax.device_put(synthetic_batch(cfg.data.batch_size, cfg.data.seq_len))

@@ -208,7 +208,7 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
         masked = constrain(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order), valid_1x1,
                            r.skip)
         dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
-            masked, r.top_k)
+            masked, r.top_k, model.router.select_bias[t])
         choice_K = dec.choice_BxSxK[0, 0]
         kept_K = choice_K < p  # one token per sequence: every layer it picks has room
         qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)

@@ -66,16 +66,21 @@ def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.
     return jnp.where(allowed_BxSxR, logits_BxSxR, NEG)
 
 
-def token_choice(logits_BxSxR: jax.Array, top_k: int) -> Decision:
+def token_choice(logits_BxSxR: jax.Array, top_k: int, select_bias_P: jax.Array | None = None) -> Decision:
     """A token skips when P(skip) > 1/2; otherwise it takes its top-k pool layers.
 
     Deciding "skip or run" on P(skip) against the total mass of the layers (rather than letting skip
     compete with each layer separately) keeps the decisions consistent with the expected active
     fraction 1 - P(skip) that the compute-target loss steers. Gates are the layers' probabilities.
+    `select_bias_P` (load balancing) shifts which layers win, not their gates.
     """
     probs = jax.nn.softmax(logits_BxSxR, axis=-1)
     p = probs.shape[-1] - 1
-    gate_BxSxK, choice_BxSxK = jax.lax.top_k(probs[..., :p], top_k)
+    score_BxSxP = logits_BxSxR[..., :p]
+    if select_bias_P is not None:
+        score_BxSxP = score_BxSxP + jax.lax.stop_gradient(select_bias_P)
+    _, choice_BxSxK = jax.lax.top_k(score_BxSxP, top_k)
+    gate_BxSxK = jnp.take_along_axis(probs[..., :p], choice_BxSxK, axis=-1)
     skip_BxSxK = (probs[..., p:] > 0.5) | (gate_BxSxK <= 0.0)  # also: a masked (disallowed) layer
     choice_BxSxK = jnp.where(skip_BxSxK, p, choice_BxSxK).astype(jnp.int32)
     return Decision(choice_BxSxK, gate_BxSxK, gate_BxSxK, probs)

@@ -76,7 +76,7 @@ class RadialLM(nnx.Module):
             choice_BxSxK = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), scores_BxSxP.shape)
         else:
             dec = (fixed_choice(masked, t, p, valid_BxS) if r.policy == "fixed"
-                   else token_choice(masked, r.top_k))
+                   else token_choice(masked, r.top_k, self.router.select_bias[t]))
             d = dsp.plan_token_choice(dec.choice_BxSxK, dec.priority_BxSxK, p, capacity)
             choice_BxSxK = dec.choice_BxSxK
         if r.policy == "fixed":
@@ -146,6 +146,8 @@ class RadialLM(nnx.Module):
             if return_trace:
                 trace.append(_first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
         aux = stats.finish(self.routing, self.prefix_layers, self.steps)
+        if self.routing.policy == "token_choice":
+            aux["loss/balance_bias"] = stats.balance_surrogate(self.router.select_bias[...])
         if return_trace:
             aux["trace_TxBxS"] = jnp.stack(trace)
         return self.embedder.decode(h_BxSxD), aux
@@ -203,21 +205,32 @@ class _RouteStats:
         dropped = ((d.dropped_BxS > 0) * w).sum()
         chose_layer = ((d.kept_BxSxK.sum(-1) + d.dropped_BxS) > 0) * w  # real tokens not skipping
         load_P = d.ok_BxPxC.sum(axis=(0, 2)).astype(jnp.float32) / n
-        # Switch load balance: P * sum_p f_p * mean_prob_p over real tokens, pool layers only. f_p is
-        # the share of layer choices made *before* capacity: counted after it, an overloaded layer
-        # would look no busier than a full one and the loss could not see the imbalance.
+        # Switch load balance, P * sum_p f_p * mean_prob_p, per sequence (the group capacity is
+        # counted over) and averaged over sequences: a batch balanced overall can still overflow
+        # every sequence's capacity. f_p is the share of layer choices made *before* capacity: counted
+        # after it, an overloaded layer would look no busier than a full one.
         # (Expert choice has no per-token choice: each layer takes exactly its C tokens.)
-        chosen_P = load_P if choice_BxSxK is None else (
-            jax.nn.one_hot(choice_BxSxK, p + 1)[..., :p] * w[..., None, None]).sum((0, 1, 2))
-        f_P = chosen_P / jnp.maximum(chosen_P.sum(), 1e-9)
-        mean_prob_P = (probs_BxSxR[..., :p] * w[..., None]).sum((0, 1)) / n
+        chosen_BxP = d.ok_BxPxC.sum(2).astype(jnp.float32) if choice_BxSxK is None else (
+            jax.nn.one_hot(choice_BxSxK, p + 1)[..., :p] * w[..., None, None]).sum((1, 2))
+        f_BxP = chosen_BxP / jnp.maximum(chosen_BxP.sum(-1, keepdims=True), 1e-9)
+        n_B = w.sum(1)
+        mean_prob_BxP = (probs_BxSxR[..., :p] * w[..., None]).sum(1) / jnp.maximum(n_B, 1.0)[:, None]
+        lb = (p * (f_BxP * mean_prob_BxP).sum(-1) * (n_B > 0)).sum() / jnp.maximum((n_B > 0).sum(), 1)
         lse = jax.nn.logsumexp(logits_BxSxR, axis=-1)
         ent = -(probs_BxSxR * jnp.log(jnp.maximum(probs_BxSxR, 1e-9))).sum(-1)
         self.rows.append(dict(
             processed=processed, skip=(w - chose_layer).sum() / n,
             dropped=dropped, chose=chose_layer.sum(), load_P=load_P,
-            lb=p * jnp.sum(f_P * mean_prob_P), z=(lse**2 * w).sum() / n, entropy=(ent * w).sum() / n,
+            lb=lb, choice_share_P=f_BxP.mean(0), z=(lse**2 * w).sum() / n, entropy=(ent * w).sum() / n,
             expected_active=((1 - probs_BxSxR[..., p]) * w).sum() / n))
+
+    def balance_surrogate(self, select_bias_TxP):
+        """A term whose gradient in the selection bias is each layer's load error (share of layer
+        choices minus 1/P), per step; its value is ~0 and it reaches nothing else. The optimizer
+        turns that gradient into a fixed-size step (`routing.balance_rate`): overloaded layers'
+        bias goes down, idle layers' up."""
+        err_TxP = jnp.stack([r["choice_share_P"] for r in self.rows]) - 1.0 / self.p
+        return jnp.sum(select_bias_TxP * jax.lax.stop_gradient(err_TxP))
 
     def finish(self, routing: RoutingConfig, prefix_layers: int, steps: int) -> dict:
         rows = self.rows

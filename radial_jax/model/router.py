@@ -3,6 +3,9 @@
 Shape letters: B batch, S sequence, D model width, H router hidden width, T routing steps,
 R = P + 1 choices (pool layers 0..P-1, then skip at index P).
 
+`select_bias` [T, P] shifts which layer a token picks without changing its gate (aux-loss-free load
+balancing, as in DeepSeek-V3): the optimizer moves it by a fixed rate against each layer's load error.
+
 Per-step routers (`per_step=True`) have their own weights for each step; otherwise one MLP is
 shared and a learned step embedding is added to its hidden layer. Either way the output bias is
 per step, so the router can start on the sequential schedule (step t -> layer t mod P).
@@ -14,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radial_jax.model.layers import RMSNorm, param
+from radial_jax.model.layers import RMSNorm, param, zeros
 
 
 def init_output_bias(steps: int, pool_size: int, *, init: str, init_bias: float,
@@ -42,6 +45,9 @@ class Router(nnx.Module):
             self.step_embed = param(rngs, (steps, hidden), (None, None), init_std)
             self.w_out = param(rngs, (hidden, r), (None, None), out_std)
         self.b_in = param(rngs, (steps, hidden), (None, None), 0.0)
+        # Added to the logits only to pick a layer (never to gates or probabilities), so the language
+        # model loss gives it no gradient; `routing.balance_rate` moves it against load imbalance.
+        self.select_bias = zeros((steps, pool_size), (None, None))
         self.b_out = nnx.Param(
             init_output_bias(steps, pool_size, init=init, init_bias=init_bias, skip_bias=skip_bias),
             out_sharding=(None, None), eager_sharding=False)

@@ -85,7 +85,7 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     eval_host = make_eval_batches(cfg.data, tokenizer, t.eval_batches)
     eval_batches = [plan.batch_from_full(b) for b in eval_host]
 
-    tx = make_optimizer(t)
+    tx = make_optimizer(t, cfg.routing.balance_rate)
     graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     say(f"model: {cfg.model.kind}, {n_params:,} parameters; {describe_flops(cfg)}")
