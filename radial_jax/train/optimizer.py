@@ -6,6 +6,7 @@ load error, and it moves by a fixed `balance_rate` in that error's direction (si
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from radial_jax.config import TrainConfig
@@ -22,18 +23,32 @@ def lr_schedule(t: TrainConfig) -> optax.Schedule:
 BALANCE = "select_bias"  # the router parameter moved by sign descent
 
 
-def _label(path, _) -> str:
-    return "balance" if any(getattr(k, "key", None) == BALANCE for k in path) else "main"
+def _is_balance(path) -> bool:
+    return any(getattr(k, "key", None) == BALANCE for k in path)
 
 
 def make_optimizer(t: TrainConfig, balance_rate: float = 0.0) -> optax.GradientTransformation:
     """The optimizer state's structure does not depend on `balance_rate` (0 just freezes the bias)."""
     def decay_mask(params):
-        return jax.tree.map(lambda p: p.ndim >= 2, params)
+        return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and not _is_balance(path),
+                                                params)
 
     parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
     parts.append(optax.adamw(lr_schedule(t), b1=t.b1, b2=t.b2, eps=t.eps,
                              weight_decay=t.weight_decay, mask=decay_mask))
-    balance = optax.chain(optax.scale_by_sign(), optax.scale(-balance_rate))
-    return optax.multi_transform({"main": optax.chain(*parts), "balance": balance},
-                                 lambda params: jax.tree_util.tree_map_with_path(_label, params))
+    return _with_balance(optax.chain(*parts), balance_rate)
+
+
+def _with_balance(main: optax.GradientTransformation, rate: float) -> optax.GradientTransformation:
+    """`main` for every parameter but the selection bias, which gets -rate * sign(gradient). (Not
+    optax.multi_transform: its masked states hold MaskedNodes, which sharding and checkpoints would
+    have to special-case; here the bias's Adam moments just stay zero.)"""
+    def update(grads, state, params=None):
+        main_grads = jax.tree_util.tree_map_with_path(
+            lambda path, g: jnp.zeros_like(g) if _is_balance(path) else g, grads)
+        updates, state = main.update(main_grads, state, params)
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, u, g: -rate * jnp.sign(g) if _is_balance(path) else u, updates, grads)
+        return updates, state
+
+    return optax.GradientTransformation(main.init, update)
