@@ -36,12 +36,15 @@ class Router(nnx.Module):
         r = pool_size + 1
         self.per_step = per_step
         self.norm = RMSNorm(d_model, eps=norm_eps, rngs=rngs)
-        out_std = 0.0 if init == "uniform" else init_std
+        # Fan-in scaled weights, so the logits differ from token to token by O(1) from the start:
+        # with the blocks' small init_std they would be nearly equal, every token would pick the
+        # same layer, and capacity would drop most of them.
+        in_std, out_std = d_model ** -0.5, (0.0 if init == "uniform" else hidden ** -0.5)
         if per_step:
-            self.w_in = param(rngs, (steps, d_model, hidden), (None, "embed", None), init_std)
+            self.w_in = param(rngs, (steps, d_model, hidden), (None, "embed", None), in_std)
             self.w_out = param(rngs, (steps, hidden, r), (None, None, None), out_std)
         else:
-            self.w_in = param(rngs, (d_model, hidden), ("embed", None), init_std)
+            self.w_in = param(rngs, (d_model, hidden), ("embed", None), in_std)
             self.step_embed = param(rngs, (steps, hidden), (None, None), init_std)
             self.w_out = param(rngs, (hidden, r), (None, None), out_std)
         self.b_in = param(rngs, (steps, hidden), (None, None), 0.0)
