@@ -90,8 +90,12 @@ class RoutingConfig:
         "token_choice", "token picks a layer (causal), layer picks tokens (MoD), or step t -> layer t")
     top_k: int = _f(1, "token_choice: layers per token per step", lo=1)
     reuse: Literal["allow", "forbid"] = _f("allow", "may a token visit the same pool layer twice")
-    skip: Literal["allow", "forbid"] = _f("allow", "may a token skip a step (forbid: depth is set by "
-                                                   "capacity alone, overflow still passes through)")
+    skip: Literal["allow", "forbid", "learned"] = _f(
+        "allow", "may a token skip a step (forbid: depth is set by capacity alone, overflow still passes "
+                 "through; learned: as forbid in training, while P(skip) learns to predict capacity's "
+                 "verdict, and at inference, with no capacity, a token skips when P(skip) > 0.5)")
+    skip_predict_weight: float = _f(0.1, "skip: learned: weight of the skip predictor's cross-entropy",
+                                    lo=0.0)
     order: Literal["free", "monotonic"] = _f("free", "monotonic: layer index never decreases")
     load_balance_weight: float = _f(0.01, "Switch load-balance loss weight", lo=0.0)
     z_loss_weight: float = _f(1e-3, "router z-loss weight", lo=0.0)

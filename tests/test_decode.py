@@ -27,6 +27,8 @@ CASES = {
     "carry-allow-prefix0-top2-monotonic": [*RADIAL, "model.kv_skip=carry", "routing.reuse=allow",
                                            "routing.top_k=2", "routing.order=monotonic"],
     "straight-through-noskip": [*RADIAL, "routing.gate=straight_through", "routing.skip=forbid"],
+    # The learned skip predictor decides at inference; the full forward runs in inference mode.
+    "learned-skip": [*RADIAL, "routing.skip=learned", "router.skip_bias=1.2"],
 }
 N, MAX_LEN = 20, 32
 TOTAL = np.array([20, 13, 17])   # tokens per sequence (ragged)
@@ -47,8 +49,9 @@ def setup(overrides):
     seg = (np.arange(N)[None] < TOTAL[:, None]).astype(np.int32)
     tokens = rng.integers(0, 256, (len(TOTAL), N)).astype(np.int32) * seg
     pos = np.broadcast_to(np.arange(N, dtype=np.int32), tokens.shape)
-    forward = jax.jit(lambda p, *a: nnx.merge(graphdef, p)(*a, **(
-        {"return_trace": True} if cfg.model.kind == "radial" else {})))
+    kw = {} if cfg.model.kind == "dense" else {"return_trace": True} | (
+        {"inference": True} if cfg.routing.skip == "learned" else {})
+    forward = jax.jit(lambda p, *a: nnx.merge(graphdef, p)(*a, **kw))
     logits, aux = forward(params, tokens, pos, seg)
     return cfg, graphdef, params, tokens, np.asarray(logits), aux
 

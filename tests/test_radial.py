@@ -14,9 +14,10 @@ from tests.helpers import packed_batch, tiny_config
 RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3"]
 
 
-@nnx.jit(static_argnames="return_trace")
-def _forward(model, inputs, positions, segment_ids, return_trace=False):
-    return model(inputs, positions, segment_ids, **({"return_trace": True} if return_trace else {}))
+@nnx.jit(static_argnames=("return_trace", "inference"))
+def _forward(model, inputs, positions, segment_ids, return_trace=False, inference=False):
+    kw = {"return_trace": True} if return_trace else {}
+    return model(inputs, positions, segment_ids, **kw, **({"inference": True} if inference else {}))
 
 
 def logits_of(model, batch, **kw):
@@ -208,10 +209,33 @@ def test_balance_bias_moves_against_load_and_leaves_gates_alone(rate):
     h = jax.random.normal(jax.random.key(0), (2, 32, cfg.model.d_model))
     from radial_jax.model.policy import History
     valid = jnp.ones((2, 32), bool)
-    _, gate, choice, _, probs = model.decide(h, 0, History.empty(2, 32, 3), valid, 32)
+    _, gate, choice, _, probs, _ = model.decide(h, 0, History.empty(2, 32, 3), valid, 32)
     got = np.sort(np.asarray(gate)[np.asarray(gate) > 0])
     want = np.sort(np.take_along_axis(np.asarray(probs), np.asarray(choice), -1).ravel())
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_learned_skip_predicts_capacity_and_decides_at_inference():
+    """`skip: learned`: training is capacity-limited (half the tokens run per step) and P(skip)
+    learns to tell which; in inference mode (no capacity) the predictor's skips set the depth."""
+    cfg = tiny_config(*RADIAL, "routing.skip=learned", "routing.skip_predict_weight=1",
+                      "model.capacity_factor=0.5", "train.lr=1e-2", "train.steps=40")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    tx = make_optimizer(cfg.train)
+    step = jax.jit(make_train_step(graphdef, tx, lr_schedule(cfg.train)))
+    state = init_state(params, tx)
+    batch = packed_batch([[20, 12], [32], [16, 16], [30]], seq_len=32)
+    first = None
+    for _ in range(40):
+        state, m = step(state, batch)
+        first = first or (float(m["loss/skip_predict"]), float(m["route/skip_predict_accuracy"]))
+    assert float(m["route/skip_rate"]) == 0.0 and float(m["route/drop_rate"]) > 0.3  # capacity decides
+    assert float(m["loss/skip_predict"]) < 0.7 * first[0]
+    assert float(m["route/skip_predict_accuracy"]) > max(first[1], 0.75)
+    model = nnx.merge(graphdef, state.params)
+    _, aux = logits_of(model, batch, inference=True)
+    assert float(aux["route/drop_rate"]) == 0.0
+    assert 0.0 < float(aux["route/skip_rate"]) < 1.0  # the predictor skips some token-steps
 
 
 @pytest.mark.parametrize("policy", ["expert_choice", "token_choice"])

@@ -25,8 +25,14 @@ from flax import nnx
 
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.kv_cache import KVCache, check_room
-from radial_jax.model.policy import (History, allowed_layers, constrain, fixed_choice, gate_value,
-                                     token_choice)
+from radial_jax.model.policy import (
+    History,
+    allowed_layers,
+    choice_logits,
+    fixed_choice,
+    gate_value,
+    token_choice,
+)
 from radial_jax.model.radial import _first_kept_layer, _shared_kv, kv_slot
 
 
@@ -158,7 +164,7 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
     carry = None
     for t in range(model.steps):
         slot = model.prefix_layers + t
-        d, gate_BxPxC, choice_BxSxK, _, _ = model.decide(h_BxSxD, t, hist, valid_BxS, s)
+        d, gate_BxPxC, choice_BxSxK, _, _, _ = model.decide(h_BxSxD, t, hist, valid_BxS, s, inference=True)
         c = d.idx_BxPxC.shape[2]
         x_BxPxCxD = dsp.gather_tokens(h_BxSxD, d)
         pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
@@ -205,10 +211,10 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     for t in range(model.steps):
         slot = model.prefix_layers + t
         logits_1x1xR = model.router(h_1x1xD, t)
-        masked = constrain(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order), valid_1x1,
-                           r.skip)
+        masked, p_skip = choice_logits(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order),
+                                       valid_1x1, r.skip)
         dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
-            masked, r.top_k, model.router.select_bias[t])
+            masked, r.top_k, model.router.select_bias[t], p_skip)
         choice_K = dec.choice_BxSxK[0, 0]
         kept_K = choice_K < p  # one token per sequence: every layer it picks has room
         qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)

@@ -66,13 +66,28 @@ def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.
     return jnp.where(allowed_BxSxR, logits_BxSxR, NEG)
 
 
-def token_choice(logits_BxSxR: jax.Array, top_k: int, select_bias_P: jax.Array | None = None) -> Decision:
+def choice_logits(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.Array,
+                  skip: str) -> tuple[jax.Array, jax.Array | None]:
+    """(logits the choice is made from, P(skip) of the learned skip predictor or None).
+
+    `skip: learned` chooses among layers only (as `forbid`); its P(skip) is the skip choice's
+    probability when skip is allowed, which training fits to capacity's verdict and inference uses."""
+    if skip != "learned":
+        return constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, skip), None
+    p = allowed_BxSxP.shape[-1]
+    p_skip_BxS = jax.nn.softmax(constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, "allow"), -1)[..., p]
+    return constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, "forbid"), p_skip_BxS
+
+
+def token_choice(logits_BxSxR: jax.Array, top_k: int, select_bias_P: jax.Array | None = None,
+                 skip_prob_BxS: jax.Array | None = None) -> Decision:
     """A token skips when P(skip) > 1/2; otherwise it takes its top-k pool layers.
 
     Deciding "skip or run" on P(skip) against the total mass of the layers (rather than letting skip
     compete with each layer separately) keeps the decisions consistent with the expected active
     fraction 1 - P(skip) that the compute-target loss steers. Gates are the layers' probabilities.
-    `select_bias_P` (load balancing) shifts which layers win, not their gates.
+    `select_bias_P` (load balancing) shifts which layers win, not their gates. `skip_prob_BxS`, if
+    given, replaces P(skip) in the skip test (the learned predictor, at inference).
     """
     probs = jax.nn.softmax(logits_BxSxR, axis=-1)
     p = probs.shape[-1] - 1
@@ -81,7 +96,8 @@ def token_choice(logits_BxSxR: jax.Array, top_k: int, select_bias_P: jax.Array |
         score_BxSxP = score_BxSxP + jax.lax.stop_gradient(select_bias_P)
     _, choice_BxSxK = jax.lax.top_k(score_BxSxP, top_k)
     gate_BxSxK = jnp.take_along_axis(probs[..., :p], choice_BxSxK, axis=-1)
-    skip_BxSxK = (probs[..., p:] > 0.5) | (gate_BxSxK <= 0.0)  # also: a masked (disallowed) layer
+    p_skip_BxSx1 = probs[..., p:] if skip_prob_BxS is None else skip_prob_BxS[..., None]
+    skip_BxSxK = (p_skip_BxSx1 > 0.5) | (gate_BxSxK <= 0.0)  # also: a masked (disallowed) layer
     choice_BxSxK = jnp.where(skip_BxSxK, p, choice_BxSxK).astype(jnp.int32)
     return Decision(choice_BxSxK, gate_BxSxK, gate_BxSxK, probs)
 

@@ -21,8 +21,14 @@ from radial_jax.config import RouterConfig, RoutingConfig
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.embed import Embedder
 from radial_jax.model.layers import Block, attention_mask
-from radial_jax.model.policy import (History, allowed_layers, constrain, fixed_choice, gate_value,
-                                     token_choice)
+from radial_jax.model.policy import (
+    History,
+    allowed_layers,
+    choice_logits,
+    fixed_choice,
+    gate_value,
+    token_choice,
+)
 from radial_jax.model.router import Router
 from radial_jax.parallel.constrain import with_logical_constraint as shard
 
@@ -63,12 +69,14 @@ class RadialLM(nnx.Module):
 
     # ------------------------------------------------------------------ routing of one step
 
-    def decide(self, h_BxSxD, t: int, hist: History, valid_BxS, capacity: int):
-        """Router logits -> (Dispatch, gate per slot [B, P, C], choices [B, S, K], probs [B, S, R])."""
+    def decide(self, h_BxSxD, t: int, hist: History, valid_BxS, capacity: int, inference: bool = False):
+        """Router logits -> (Dispatch, gate per slot [B, P, C], choices [B, S, K], logits, probs
+        [B, S, R], P(skip) [B, S] of the learned skip predictor or None). `inference`: the learned
+        predictor decides skips (there is no capacity to do it)."""
         p, r = self.pool_size, self.routing
         logits_BxSxR = self.router(h_BxSxD, t)
         allowed_BxSxP = allowed_layers(hist, reuse=r.reuse, order=r.order) & valid_BxS[..., None]
-        masked = constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, r.skip)
+        masked, p_skip_BxS = choice_logits(logits_BxSxR, allowed_BxSxP, valid_BxS, r.skip)
         probs_BxSxR = jax.nn.softmax(masked, axis=-1)
         if r.policy == "expert_choice":  # each layer takes its top-C tokens by router probability
             scores_BxSxP = jnp.where(allowed_BxSxP, probs_BxSxR[..., :p], -jnp.inf)
@@ -76,7 +84,8 @@ class RadialLM(nnx.Module):
             choice_BxSxK = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), scores_BxSxP.shape)
         else:
             dec = (fixed_choice(masked, t, p, valid_BxS) if r.policy == "fixed"
-                   else token_choice(masked, r.top_k, self.router.select_bias[t]))
+                   else token_choice(masked, r.top_k, self.router.select_bias[t],
+                                     p_skip_BxS if inference else None))
             d = dsp.plan_token_choice(dec.choice_BxSxK, dec.priority_BxSxK, p, capacity)
             choice_BxSxK = dec.choice_BxSxK
         if r.policy == "fixed":
@@ -85,7 +94,7 @@ class RadialLM(nnx.Module):
             probs_BxPxS = jnp.swapaxes(probs_BxSxR[..., :p], 1, 2)
             prob_BxPxC = jnp.take_along_axis(probs_BxPxS, d.idx_BxPxC, axis=2)
             gate_BxPxC = gate_value(prob_BxPxC, r.gate) * d.ok_BxPxC
-        return d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR
+        return d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR, p_skip_BxS
 
     # ------------------------------------------------------------------ the pool, batched over P
 
@@ -106,9 +115,12 @@ class RadialLM(nnx.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def __call__(self, tokens_BxS, pos_BxS, seg_BxS, *, return_trace: bool = False):
+    def __call__(self, tokens_BxS, pos_BxS, seg_BxS, *, return_trace: bool = False,
+                 inference: bool = False):
+        """Logits [B, S, V] and routing metrics/aux losses. `inference`: route as decoding does, with
+        no capacity limit (nothing dropped) and the learned skip predictor deciding skips."""
         b, s = tokens_BxS.shape
-        p, cap = self.pool_size, self.capacity(s)
+        p, cap = self.pool_size, (s if inference else self.capacity(s))
         idx_BxS = jnp.broadcast_to(jnp.arange(s), (b, s))
         valid_BxS = seg_BxS != 0
         h_BxSxD = shard(self.embedder.encode(tokens_BxS, pos_BxS), BSD)
@@ -121,7 +133,8 @@ class RadialLM(nnx.Module):
         stats = _RouteStats(p)
         trace = []
         for t in range(self.steps):
-            d, gate_BxPxC, choice_BxSxK, logits, probs = self.decide(h_BxSxD, t, hist, valid_BxS, cap)
+            d, gate_BxPxC, choice_BxSxK, logits, probs, p_skip = self.decide(
+                h_BxSxD, t, hist, valid_BxS, cap, inference)
             x_BxPxCxD = shard(dsp.gather_tokens(h_BxSxD, d), BPCD)  # pool layers on `pool` devices
             pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
             seg_BxPxC = jnp.take_along_axis(seg_BxS[:, None, :], d.idx_BxPxC, axis=2)
@@ -142,7 +155,7 @@ class RadialLM(nnx.Module):
             h_BxSxD = shard(dsp.combine(h_BxSxD, shard(delta_BxPxCxD, BPCD), d), BSD)
             hist = hist.update(choice_BxSxK, d.kept_BxSxK, p)
             stats.add(d, None if self.routing.policy == "expert_choice" else choice_BxSxK, logits, probs,
-                      valid_BxS)
+                      valid_BxS, None if inference else p_skip)
             if return_trace:
                 trace.append(_first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
         aux = stats.finish(self.routing, self.prefix_layers, self.steps)
@@ -196,7 +209,8 @@ class _RouteStats:
         self.p = pool_size
         self.rows: list[dict] = []
 
-    def add(self, d: dsp.Dispatch, choice_BxSxK, logits_BxSxR, probs_BxSxR, valid_BxS) -> None:
+    def add(self, d: dsp.Dispatch, choice_BxSxK, logits_BxSxR, probs_BxSxR, valid_BxS,
+            p_skip_BxS=None) -> None:
         p = self.p
         w = valid_BxS.astype(jnp.float32)
         n = jnp.maximum(w.sum(), 1.0)
@@ -223,6 +237,11 @@ class _RouteStats:
             dropped=dropped, chose=chose_layer.sum(), load_P=load_P,
             lb=lb, choice_share_P=f_BxP.mean(0), z=(lse**2 * w).sum() / n, entropy=(ent * w).sum() / n,
             expected_active=((1 - probs_BxSxR[..., p]) * w).sum() / n))
+        if p_skip_BxS is not None:  # the learned skip predictor against capacity's verdict
+            y = (~kept_BxS).astype(jnp.float32)
+            q = jnp.clip(p_skip_BxS, 1e-6, 1 - 1e-6)
+            self.rows[-1]["skip_ce"] = (-(y * jnp.log(q) + (1 - y) * jnp.log1p(-q)) * w).sum() / n
+            self.rows[-1]["skip_acc"] = (((q > 0.5) == (y > 0.5)) * w).sum() / n
 
     def balance_surrogate(self, select_bias_TxP):
         """A term whose gradient in the selection bias is each layer's load error (share of layer
@@ -249,6 +268,9 @@ class _RouteStats:
         for t, r in enumerate(rows):
             for p in range(self.p):
                 out[f"route/load/s{t}_l{p}"] = r["load_P"][p]
+        if "skip_ce" in rows[0]:
+            out["route/skip_predict_accuracy"] = mean("skip_acc")
+            out["loss/skip_predict"] = routing.skip_predict_weight * mean("skip_ce")
         if routing.policy != "fixed":
             out["loss/load_balance"] = routing.load_balance_weight * out["route/load_balance"]
             out["loss/z"] = routing.z_loss_weight * out["route/z_loss"]
