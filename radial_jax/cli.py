@@ -32,10 +32,14 @@ def _cmd_eval(args) -> int:
     from radial_jax.train.step import make_eval_step
 
     cfg, graphdef, params, step = load_trained(args.checkpoint, args.overrides, args.step)
+    if args.inference and cfg.model.kind != "radial":
+        raise ConfigError(f"--inference routes a radial model as decoding does; {args.checkpoint} holds "
+                          f"a {cfg.model.kind} model: drop the flag")
     tok = get_tokenizer(cfg.data.tokenizer)
     batches = make_eval_batches(cfg.data, tok, args.batches or cfg.train.eval_batches)
-    out = evaluate(jax.jit(make_eval_step(graphdef, tok.token_bytes())), params, batches)
-    out = {"step": step, "source": cfg.data.source, **out}
+    step_fn = make_eval_step(graphdef, tok.token_bytes(), inference=args.inference)
+    out = evaluate(jax.jit(step_fn), params, batches)
+    out = {"step": step, "source": cfg.data.source, "inference_routing": args.inference, **out}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -139,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
     e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     e.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
+    e.add_argument("--inference", action="store_true",
+                   help="radial: route as decoding does (no capacity; with routing.skip=learned the "
+                        "skip predictor decides), to see the loss and depth a deployed model has")
     e.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
     e.set_defaults(fn=_cmd_eval)
 

@@ -29,9 +29,12 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def forward(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, dict]:
+def forward(graphdef: nnx.GraphDef, params, batch: dict, inference: bool = False
+            ) -> tuple[jax.Array, dict]:
+    """`inference` (radial models): route as decoding does, without capacity."""
     model = nnx.merge(graphdef, params)
-    return model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    kw = {"inference": True} if inference else {}
+    return model(batch["inputs"], batch["positions"], batch["segment_ids"], **kw)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
@@ -60,12 +63,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, token_bytes) -> Callable[[Any, dict], dict]:
-    """Sums over one batch: nll (nats), predicted tokens, and the text bytes those tokens stand for."""
+def make_eval_step(graphdef: nnx.GraphDef, token_bytes, inference: bool = False
+                   ) -> Callable[[Any, dict], dict]:
+    """Sums over one batch: nll (nats), predicted tokens, and the text bytes those tokens stand for.
+    `inference`: radial models route as in decoding (no capacity; a learned skip predictor decides)."""
     token_bytes = jnp.asarray(token_bytes)
 
     def eval_step(params, batch: dict) -> dict:
-        logits, aux = forward(graphdef, params, batch)
+        logits, aux = forward(graphdef, params, batch, inference)
         nll_sum, count = masked_sum_and_count(token_nll(logits, batch["targets"]), batch["loss_mask"])
         nbytes = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"].astype(jnp.float32))
         return {"nll": nll_sum, "tokens": count, "bytes": nbytes,
