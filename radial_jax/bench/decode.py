@@ -87,7 +87,7 @@ class DecodeTimer:
         return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
                 "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
                 "mean_active_depth": mean_depth, "max_depth": self.gen.max_depth,
-                "active_fraction": mean_depth / self.gen.max_depth}
+                "active_fraction": mean_depth / self.gen.dense_depth}
 
 
 def time_transformers(cfg: Config, *, batch: int, prompt_len: int, new_tokens: int, windows: int,

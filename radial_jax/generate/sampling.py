@@ -82,6 +82,8 @@ class Generator:
         self.n_dense = m.n_layers if m.kind == "dense" else m.prefix_layers
         self.pool_size = m.pool_size
         self.max_depth = m.n_layers if m.kind == "dense" else m.prefix_layers + m.steps
+        # The blocks a dense model of the same parameters runs: what active fractions divide by.
+        self.dense_depth = m.n_layers if m.kind == "dense" else m.prefix_layers + m.pool_size
         self._leaves, self._params_def = jax.tree.flatten(params)
         pool_layers = unstack_pool(graphdef, params) if switch is not False else None
         self._pool_leaves = [jax.tree.leaves(layer) for layer in pool_layers] if pool_layers else []
