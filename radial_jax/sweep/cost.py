@@ -38,11 +38,13 @@ def arm_cost(cfg: Config) -> ArmCost:
 
 def inference_flops(cfg: Config, active_depth: float | None) -> float:
     """Inference FLOPs per token at a measured mean active depth (prefix + routed blocks, as the
-    `route/active_depth` metric counts them); dense models, or no measurement: the full forward."""
+    `route/active_depth` metric counts them); dense models, or no measurement: the full forward.
+    With `routing.skip: forbid` the depth measured in training is capacity's, but decoding has no
+    capacity and runs every step: such a model pays the maximum."""
     f = flops_per_token(cfg)
     if cfg.model.kind == "dense":
         return f.forward
-    if active_depth is None:
+    if active_depth is None or cfg.routing.skip == "forbid":
         return f.inference_max
     return f.inference(active_depth - cfg.model.prefix_layers, cfg)
 

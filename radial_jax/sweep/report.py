@@ -182,7 +182,8 @@ def write_report(root: str | Path) -> dict[str, Path]:
     if notes:
         md += ["Lowest eval loss at each training budget:", "", *notes, ""]
     md += ["Active FLOPs/token (train): forward + backward as compiled (radial: the capacity-bound "
-           "slots). Inference FLOPs/token: radial at the measured mean active depth of the last eval. "
+           "slots). Inference FLOPs/token: radial at the measured mean active depth of the last eval "
+           "(with routing.skip: forbid, every routed step, since decoding has no capacity). "
            "Step time: median over logged intervals after the first (compilation). Decode: batch 1, "
            "from a decode benchmark JSON in the arm's folder.", ""]
     md += [f"![{k}]({p.name})" for k, p in paths.items() if p.suffix == ".png"]
