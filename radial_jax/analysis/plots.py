@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG and free it (shared by the profile and sweep plots)."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -37,7 +38,7 @@ def ratio_by_layer(report: dict, path: Path) -> Path:
     ax.set_yscale("log")  # first layers often add far more than the stream holds; the rest would flatten
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def ratio_distribution(report: dict, ratios_NxM: np.ndarray, path: Path) -> Path:
@@ -50,7 +51,7 @@ def ratio_distribution(report: dict, ratios_NxM: np.ndarray, path: Path) -> Path
     ax.set_ylabel("residual ratio (per token)")
     ax.set_title("distribution of per-token residual ratios (boxes q25-q75, whiskers p5-p95)", fontsize=10)
     ax.tick_params(axis="x", rotation=60, labelsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def oracle_depth(report: dict, path: Path) -> Path:
@@ -66,7 +67,7 @@ def oracle_depth(report: dict, path: Path) -> Path:
     ax.set_ylabel("fraction of tokens")
     ax.set_title("dynamic depth under oracle skipping", fontsize=10)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def oracle_tradeoff(report: dict, path: Path) -> Path:
@@ -87,7 +88,7 @@ def oracle_tradeoff(report: dict, path: Path) -> Path:
     ax.set_xlabel(f"mean blocks run per token (of {n})")
     ax.set_ylabel("eval loss (nats/token)")
     ax.set_title("oracle skipping: loss against depth (labels: threshold)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def dense_plots(report: dict, out: Path) -> dict[str, Path]:
@@ -113,7 +114,7 @@ def radial_plots(report: dict, out: Path) -> dict[str, Path]:
     ax.set_yticks(range(len(load)), [f"step {t}" for t in range(len(load))])
     ax.set_title("router load (fraction of tokens)", fontsize=10)
     fig.colorbar(im, ax=ax)
-    paths = {"route_load": _save(fig, out / "route_load.png")}
+    paths = {"route_load": save_figure(fig, out / "route_load.png")}
 
     d = report["depth"]
     h = np.asarray(d["hist"], float)
@@ -122,5 +123,5 @@ def radial_plots(report: dict, out: Path) -> dict[str, Path]:
     ax.set_xlabel(f"layers run per token (prefix + routed; at most {d['max_possible']})")
     ax.set_ylabel("fraction of tokens")
     ax.set_title(f"dynamic depth: mean {d['mean']:.2f}", fontsize=10)
-    paths["depth_hist"] = _save(fig, out / "depth_hist.png")
+    paths["depth_hist"] = save_figure(fig, out / "depth_hist.png")
     return paths

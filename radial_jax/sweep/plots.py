@@ -12,12 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+from radial_jax.analysis.plots import save_figure  # noqa: E402
 
 
 def _colours(results) -> dict[str, str]:
@@ -48,7 +43,7 @@ def loss_vs_training_flops(results, path: Path) -> Path:
     ax.set_title("eval loss against training compute (dots: end of each arm)", fontsize=10)
     if finals:
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def loss_vs_inference_flops(results, path: Path) -> Path:
@@ -66,7 +61,7 @@ def loss_vs_inference_flops(results, path: Path) -> Path:
     ax.set_xlabel("inference FLOPs per token")
     ax.set_ylabel("final eval loss (nats/token)")
     ax.set_title("eval loss against inference cost", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def routing_stats(results, path: Path) -> Path:
@@ -88,4 +83,4 @@ def routing_stats(results, path: Path) -> Path:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
