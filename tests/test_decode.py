@@ -111,7 +111,7 @@ def test_prefill_then_decode_equals_full_forward(case):
     np.testing.assert_array_equal(np.asarray(c1.route_TxBxM)[:, 0, :n], route[:, 2, :n])
     np.testing.assert_array_equal(np.asarray(c1.written_LxBxM)[:, 0, :n],
                                   np.asarray(cache.written_LxBxM)[:, 2, :n])
-    np.testing.assert_allclose(np.asarray(c1.k_LxBxMxGxK)[:, 0, :n], np.asarray(cache.k_LxBxMxGxK)[:, 2, :n],
+    np.testing.assert_allclose(np.asarray(c1.k_LxBxGxMxK)[:, 0, :, :n], np.asarray(cache.k_LxBxGxMxK)[:, 2, :, :n],
                                atol=1e-5)
 
 
@@ -122,8 +122,8 @@ def test_cache_shapes_dtype_and_bytes_per_token(extra, slots, steps):
     cache = init_cache(cfg, 3, 16)
     kv_dtype = jnp.bfloat16 if "model.dtype=bfloat16" in extra else jnp.float32
     g, k = 2, 8  # n_kv_heads, d_model / n_heads
-    assert cache.k_LxBxMxGxK.shape == cache.v_LxBxMxGxK.shape == (slots, 3, 16, g, k)
-    assert cache.k_LxBxMxGxK.dtype == kv_dtype
+    assert cache.k_LxBxGxMxK.shape == cache.v_LxBxGxMxK.shape == (slots, 3, g, 16, k)
+    assert cache.k_LxBxGxMxK.dtype == kv_dtype
     assert cache.written_LxBxM.shape == (slots, 3, 16) and cache.written_LxBxM.dtype == jnp.bool_
     assert cache.route_TxBxM.shape == (steps, 3, 16) and cache.route_TxBxM.dtype == jnp.int32
     assert cache.length_B.shape == (3,) and not cache.written_LxBxM.any()
@@ -155,3 +155,17 @@ def test_expert_choice_cannot_decode():
     graphdef, params = nnx.split(build_model(cfg), nnx.Param)
     with pytest.raises(ValueError, match="expert_choice is not causal"):
         decode_step(graphdef, params, jnp.zeros((1,), jnp.int32), init_cache(cfg, 1, 4))
+
+
+def test_grouped_attention_matches_jax_attention_on_the_cache_layout():
+    """The cache's heads-first attention equals jax.nn.dot_product_attention (GQA, masked keys)."""
+    from radial_jax.model.layers import grouped_attention
+
+    kq, kk, kv, km = jax.random.split(jax.random.PRNGKey(3), 4)
+    b, s, t, h, g, k = 2, 3, 7, 4, 2, 8
+    q = jax.random.normal(kq, (b, s, h, k))
+    keys, values = jax.random.normal(kk, (b, t, g, k)), jax.random.normal(kv, (b, t, g, k))
+    mask = jax.random.bernoulli(km, 0.6, (b, 1, s, t)).at[..., 0].set(True)
+    want = jax.nn.dot_product_attention(q, keys, values, mask=mask)
+    got = grouped_attention(q, keys.transpose(0, 2, 3, 1), jnp.swapaxes(values, 1, 2), mask)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -104,11 +104,15 @@ def _check_room_if_concrete(cache: KVCache, n_new) -> None:
 def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS) -> KVCache:
     """Store keys/values and written flags of new positions at_BxS (M = out of range: not stored)."""
     bi = jnp.arange(at_BxS.shape[0])[:, None]
-    dt = cache.k_LxBxMxGxK.dtype
-    return cache.replace(
-        k_LxBxMxGxK=cache.k_LxBxMxGxK.at[slot, bi, at_BxS].set(k_BxSxGxK.astype(dt), mode="drop"),
-        v_LxBxMxGxK=cache.v_LxBxMxGxK.at[slot, bi, at_BxS].set(v_BxSxGxK.astype(dt), mode="drop"),
-        written_LxBxM=cache.written_LxBxM.at[slot, bi, at_BxS].set(ok_BxS, mode="drop"))
+    # Indices split by slices: numpy puts the indexed dims first, so each update is [B, S, G, K].
+    kt = cache.k[slot].at[bi, :, :, at_BxS].set(k_BxSxGxK.astype(cache.k[slot].dtype), mode="drop")
+    v = cache.v[slot].at[bi, :, at_BxS].set(v_BxSxGxK.astype(cache.v[slot].dtype), mode="drop")
+    return cache.replace(k=_put(cache.k, slot, kt), v=_put(cache.v, slot, v),
+                         written_LxBxM=cache.written_LxBxM.at[slot, bi, at_BxS].set(ok_BxS, mode="drop"))
+
+
+def _put(buffers: tuple, slot: int, new) -> tuple:
+    return buffers[:slot] + (new,) + buffers[slot + 1:]
 
 
 def _write_route(cache: KVCache, t: int, at_BxS, layer_BxS) -> KVCache:
@@ -131,8 +135,8 @@ def _dense_blocks(blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
     for i, block in enumerate(blocks):
         q, k, v = block.qkv(h_BxSxD, pos_BxS)
         cache = _write(cache, i, at_BxS, k, v, valid_BxS)
-        h_BxSxD = block.finish(h_BxSxD, q, cache.k_LxBxMxGxK[i], cache.v_LxBxMxGxK[i],
-                               _mask(cache.written_LxBxM[i], pos_BxS))
+        h_BxSxD = block.finish(h_BxSxD, q, cache.k[i], cache.v[i],
+                               _mask(cache.written_LxBxM[i], pos_BxS), kv_heads_first=True)
     return h_BxSxD, cache
 
 
@@ -175,8 +179,8 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
         cache = _write_route(cache, t, at_BxS, _first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
         mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
         mask_PxBx1xCxM = jnp.moveaxis(mask.reshape(b, 1, p, c, -1), 2, 0)
-        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, cache.k_LxBxMxGxK[slot],
-                                      cache.v_LxBxMxGxK[slot], mask_PxBx1xCxM)
+        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, cache.k[slot], cache.v[slot],
+                                      mask_PxBx1xCxM, kv_heads_first=True)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * gate_BxPxC[..., None].astype(
             x_BxPxCxD.dtype)
         h_BxSxD = dsp.combine(h_BxSxD, delta_BxPxCxD, d)
@@ -203,7 +207,8 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
     qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
         lambda x, pos: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)]
-    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a) - x for i in range(p)] + [
+    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, kv_heads_first=True) - x
+                      for i in range(p)] + [
         lambda x, *a: jnp.zeros_like(x)]
 
     hist = History.empty(1, 1, p)
@@ -229,7 +234,7 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
         first = jnp.where(kept_K, choice_K, p).min()
         cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
         mask = _mask(cache.written_LxBxM[slot], pos_1x1)
-        k_slot, v_slot = cache.k_LxBxMxGxK[slot], cache.v_LxBxMxGxK[slot]
+        k_slot, v_slot = cache.k[slot], cache.v[slot]
         gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
         gate_K = gate_K * kept_K
         deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)

@@ -87,6 +87,27 @@ def attention_mask(q_seg_BxS: jax.Array, q_idx_BxS: jax.Array, kv_seg_BxT: jax.A
     return mask[:, None]
 
 
+def grouped_attention(q_BxSxHxK: jax.Array, kt_BxGxKxT: jax.Array, v_BxGxTxK: jax.Array,
+                      mask_Bx1xSxT: jax.Array) -> jax.Array:
+    """Softmax attention [B, S, H, K] over the KV cache's layout: keys transposed, [B, G, K, T], and
+    values [B, G, T, K]. Both matmuls are then plain [Q, K] x [K, T] and [Q, T] x [T, K] products
+    that read the cache where it lies, and the softmax runs along the minor axis; with [B, T, G, K]
+    keys XLA transposes the whole cache slot at every layer and decode step (measured: a third of a
+    small model's CPU time per token).
+
+    Query head h reads key/value head h // (H / G), as in jax.nn.dot_product_attention. Every query
+    row must see at least one key."""
+    b, s, h, width = q_BxSxHxK.shape
+    g = kt_BxGxKxT.shape[1]
+    q_BxGxRxSxK = jnp.moveaxis(q_BxSxHxK.reshape(b, s, g, h // g, width), 1, 3)
+    scores = jnp.einsum("bgrsk,bgkt->bgrst", q_BxGxRxSxK, kt_BxGxKxT,
+                        preferred_element_type=jnp.float32) * (width ** -0.5)
+    scores = jnp.where(mask_Bx1xSxT[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxGxTxK.dtype)
+    o_BxGxRxSxK = jnp.einsum("bgrst,bgtk->bgrsk", probs, v_BxGxTxK)
+    return jnp.moveaxis(o_BxGxRxSxK, 3, 1).reshape(b, s, h, width)
+
+
 class Attention(nnx.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  rope_theta: float, init_std: float, out_std: float, dtype, rngs: nnx.Rngs,
@@ -118,11 +139,15 @@ class Attention(nnx.Module):
             k_BxSxGxK = apply_rope(k_BxSxGxK, pos_BxS, self.rope_theta)
         return q_BxSxHxK, k_BxSxGxK, v_BxSxGxK
 
-    def attend(self, q_BxSxHxK: jax.Array, k_BxTxGxK: jax.Array, v_BxTxGxK: jax.Array,
-               mask_Bx1xSxT: jax.Array) -> jax.Array:
-        o_BxSxHxK = jax.nn.dot_product_attention(
-            q_BxSxHxK, k_BxTxGxK.astype(q_BxSxHxK.dtype), v_BxTxGxK.astype(q_BxSxHxK.dtype),
-            mask=mask_Bx1xSxT)
+    def attend(self, q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_Bx1xSxT: jax.Array, *,
+               kv_heads_first: bool = False) -> jax.Array:
+        """Attention output projected back to width D. Keys/values are [B, T, G, K], or with
+        kv_heads_first the KV cache's layout: keys [B, G, K, T], values [B, G, T, K]."""
+        k, v = k.astype(q_BxSxHxK.dtype), v.astype(q_BxSxHxK.dtype)
+        if kv_heads_first:
+            o_BxSxHxK = grouped_attention(q_BxSxHxK, k, v, mask_Bx1xSxT)
+        else:
+            o_BxSxHxK = jax.nn.dot_product_attention(q_BxSxHxK, k, v, mask=mask_Bx1xSxT)
         out_BxSxD = jnp.einsum("bshk,hkd->bsd", o_BxSxHxK, self.wo[...].astype(self.dtype))
         return out_BxSxD if self.bo is None else out_BxSxD + self.bo[...].astype(self.dtype)
 
@@ -183,17 +208,19 @@ class Block(nnx.Module):
         """Queries, keys and values of this block's attention for tokens x."""
         return self.attn.qkv(self.attn_norm(x_BxSxD), pos_BxS)
 
-    def attn_delta(self, q_BxSxHxK, k_BxTxGxK, v_BxTxGxK, mask_Bx1xSxT) -> jax.Array:
+    def attn_delta(self, q_BxSxHxK, k, v, mask_Bx1xSxT, *, kv_heads_first: bool = False) -> jax.Array:
         """What attention adds to the residual stream (before the MLP)."""
-        return self.attn.attend(q_BxSxHxK, k_BxTxGxK, v_BxTxGxK, mask_Bx1xSxT)
+        return self.attn.attend(q_BxSxHxK, k, v, mask_Bx1xSxT, kv_heads_first=kv_heads_first)
 
     def mlp_delta(self, x_BxSxD: jax.Array) -> jax.Array:
         return self.mlp(self.mlp_norm(x_BxSxD))
 
-    def finish(self, x_BxSxD, q_BxSxHxK, k_BxTxGxK, v_BxTxGxK, mask_Bx1xSxT) -> jax.Array:
-        """The block's output for tokens x given their queries and the keys/values to attend to."""
-        h = x_BxSxD + self.attn_delta(q_BxSxHxK, k_BxTxGxK, v_BxTxGxK, mask_Bx1xSxT).astype(
-            x_BxSxD.dtype)
+    def finish(self, x_BxSxD, q_BxSxHxK, k, v, mask_Bx1xSxT, *, kv_heads_first: bool = False,
+               ) -> jax.Array:
+        """The block's output for tokens x given their queries and the keys/values to attend to
+        ([B, T, G, K], or with kv_heads_first the KV cache's layout, see Attention.attend)."""
+        h = x_BxSxD + self.attn_delta(q_BxSxHxK, k, v, mask_Bx1xSxT,
+                                      kv_heads_first=kv_heads_first).astype(x_BxSxD.dtype)
         return h + self.mlp_delta(h).astype(h.dtype)
 
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):

@@ -98,20 +98,22 @@ class RadialLM(nnx.Module):
 
     # ------------------------------------------------------------------ the pool, batched over P
 
-    def _pool_apply(self, method: str, *args, in_axes):
+    def _pool_apply(self, method: str, *args, in_axes, **kwargs):
         graphdef, state = nnx.split(self.pool)
 
         def one(state_p, *a):
-            return getattr(nnx.merge(graphdef, state_p), method)(*a)
+            return getattr(nnx.merge(graphdef, state_p), method)(*a, **kwargs)
 
         return jax.vmap(one, in_axes=(0, *in_axes))(state, *args)
 
     def pool_qkv(self, x_PxBxCxD, pos_PxBxC):
         return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0))
 
-    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k_BxSxGxK, v_BxSxGxK, mask_PxBx1xCxS):
-        return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k_BxSxGxK, v_BxSxGxK,
-                                mask_PxBx1xCxS, in_axes=(0, 0, None, None, 0))
+    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, kv_heads_first=False):
+        """Keys/values shared by all P layers: [B, S, G, K], or the KV cache's layout with
+        kv_heads_first (see Attention.attend)."""
+        return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS,
+                                in_axes=(0, 0, None, None, 0), kv_heads_first=kv_heads_first)
 
     # ------------------------------------------------------------------ forward
 
