@@ -103,10 +103,14 @@ def _check_room_if_concrete(cache: KVCache, n_new) -> None:
 
 def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS) -> KVCache:
     """Store keys/values and written flags of new positions at_BxS (M = out of range: not stored)."""
-    bi = jnp.arange(at_BxS.shape[0])[:, None]
-    # Indices split by slices: numpy puts the indexed dims first, so each update is [B, S, G, K].
-    kt = cache.k[slot].at[bi, :, :, at_BxS].set(k_BxSxGxK.astype(cache.k[slot].dtype), mode="drop")
-    v = cache.v[slot].at[bi, :, at_BxS].set(v_BxSxGxK.astype(cache.v[slot].dtype), mode="drop")
+    b, g = cache.batch, cache.kv_heads
+    bi = jnp.arange(b)[:, None]
+    n_BxSxG = jnp.broadcast_to((bi * g)[:, :, None] + jnp.arange(g), (*at_BxS.shape, g))
+    at_BxSx1 = at_BxS[:, :, None]
+    kt, v = cache.k[slot], cache.v[slot]
+    # Keys [B*G, K, M]: indices split by a slice, so numpy puts them first: the update is [B, S, G, K].
+    kt = kt.at[n_BxSxG, :, at_BxSx1].set(k_BxSxGxK.astype(kt.dtype), mode="drop")
+    v = v.at[n_BxSxG, at_BxSx1].set(v_BxSxGxK.astype(v.dtype), mode="drop")
     return cache.replace(k=_put(cache.k, slot, kt), v=_put(cache.v, slot, v),
                          written_LxBxM=cache.written_LxBxM.at[slot, bi, at_BxS].set(ok_BxS, mode="drop"))
 
@@ -135,7 +139,7 @@ def _dense_blocks(blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
     for i, block in enumerate(blocks):
         q, k, v = block.qkv(h_BxSxD, pos_BxS)
         cache = _write(cache, i, at_BxS, k, v, valid_BxS)
-        h_BxSxD = block.finish(h_BxSxD, q, cache.k[i], cache.v[i],
+        h_BxSxD = block.finish(h_BxSxD, q, *cache.slot(i),
                                _mask(cache.written_LxBxM[i], pos_BxS), kv_heads_first=True)
     return h_BxSxD, cache
 
@@ -179,7 +183,7 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
         cache = _write_route(cache, t, at_BxS, _first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
         mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
         mask_PxBx1xCxM = jnp.moveaxis(mask.reshape(b, 1, p, c, -1), 2, 0)
-        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, cache.k[slot], cache.v[slot],
+        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, *cache.slot(slot),
                                       mask_PxBx1xCxM, kv_heads_first=True)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * gate_BxPxC[..., None].astype(
             x_BxPxCxD.dtype)
@@ -234,7 +238,7 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
         first = jnp.where(kept_K, choice_K, p).min()
         cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
         mask = _mask(cache.written_LxBxM[slot], pos_1x1)
-        k_slot, v_slot = cache.k[slot], cache.v[slot]
+        k_slot, v_slot = cache.slot(slot)
         gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
         gate_K = gate_K * kept_K
         deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)

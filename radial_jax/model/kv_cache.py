@@ -9,11 +9,12 @@ those of the pool layer that processed the position at step t (averaged over its
 entries exist; attention masks the others. The cache is passed in and returned, never module state.
 
 Layout, chosen so that attention reads a slot where it lies (layers.grouped_attention): one buffer
-per slot (slicing slot l out of one [L, ...] array copies it), heads before positions, and keys
-transposed, [B, G, K, M], so that queries x keys is a plain matmul (values: [B, G, M, K]). With
-[L, B, M, G, K] arrays XLA copied and transposed every slot at every layer and decode step (measured:
-a third of a small model's CPU time per token). `k_LxBxGxMxK` and `v_LxBxGxMxK` stack them for
-inspection.
+per slot (slicing slot l out of one [L, ...] array copies it), batch and heads merged in front
+(B*G), and keys transposed, so that queries x keys and probabilities x values are plain matmuls:
+keys [B*G, K, M], values [B*G, M, K]. With [L, B, M, G, K] arrays XLA copied and transposed every
+slot at every layer and decode step, and a unit batch dimension (batch 1) made XLA's CPU fusion
+recompute each write into a copy of the slot for its reader (measured: a third of a small model's
+CPU time per token). `k_LxBxGxMxK` and `v_LxBxGxMxK` give the plain layout, for inspection.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from radial_jax.config import Config, head_dim
 
 @struct.dataclass
 class KVCache:
-    k: tuple[jax.Array, ...]  # per slot: keys, transposed [B, G, K, M]
-    v: tuple[jax.Array, ...]  # per slot: values [B, G, M, K]
+    k: tuple[jax.Array, ...]  # per slot: keys, transposed [B*G, K, M]
+    v: tuple[jax.Array, ...]  # per slot: values [B*G, M, K]
     written_LxBxM: jax.Array  # bool: the slot holds keys/values for this position
     length_B: jax.Array       # int32: positions filled so far, per sequence (ragged batches)
     route_TxBxM: jax.Array    # int32: pool layer each token ran at step t (first of top-k), P = skip
@@ -43,13 +44,22 @@ class KVCache:
         return self.written_LxBxM.shape[1]
 
     @property
+    def kv_heads(self) -> int:
+        return self.k[0].shape[0] // self.batch
+
+    def slot(self, i: int) -> tuple[jax.Array, jax.Array]:
+        """Slot i's keys [B, G, K, M] and values [B, G, M, K], as attention reads them."""
+        b, g = self.batch, self.kv_heads
+        return self.k[i].reshape(b, g, *self.k[i].shape[1:]), self.v[i].reshape(b, g, *self.v[i].shape[1:])
+
+    @property
     def k_LxBxGxMxK(self) -> jax.Array:
         """All slots' keys stacked, [L, B, G, M, K] (a copy, for inspection)."""
-        return jnp.swapaxes(jnp.stack(self.k), 3, 4)
+        return jnp.swapaxes(jnp.stack([self.slot(i)[0] for i in range(len(self.k))]), 3, 4)
 
     @property
     def v_LxBxGxMxK(self) -> jax.Array:
-        return jnp.stack(self.v)
+        return jnp.stack([self.slot(i)[1] for i in range(len(self.v))])
 
     @property
     def nbytes(self) -> int:
@@ -76,8 +86,8 @@ def init_cache(cfg: Config, batch: int, max_len: int, dtype=None) -> KVCache:
         raise ValueError(f"max_len={max_len} exceeds model.max_positions={m.max_positions}, the "
                          "model's table of learned positions")
     g, k = m.n_kv_heads, head_dim(m)
-    return KVCache(k=tuple(jnp.zeros((batch, g, k, max_len), dtype) for _ in range(slots)),
-                   v=tuple(jnp.zeros((batch, g, max_len, k), dtype) for _ in range(slots)),
+    return KVCache(k=tuple(jnp.zeros((batch * g, k, max_len), dtype) for _ in range(slots)),
+                   v=tuple(jnp.zeros((batch * g, max_len, k), dtype) for _ in range(slots)),
                    written_LxBxM=jnp.zeros((slots, batch, max_len), bool),
                    length_B=jnp.zeros((batch,), jnp.int32),
                    route_TxBxM=jnp.full((steps, batch, max_len), m.pool_size, jnp.int32))
