@@ -169,3 +169,24 @@ def test_grouped_attention_matches_jax_attention_on_the_cache_layout():
     want = jax.nn.dot_product_attention(q, keys, values, mask=mask)
     got = grouped_attention(q, keys.transpose(0, 2, 3, 1), jnp.swapaxes(values, 1, 2), mask)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra, batch", [([], 1), ([], 8), ([*RADIAL, "model.prefix_layers=1"], 1),
+                                          ([*RADIAL, "model.prefix_layers=1"], 8)])
+def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
+    """The compiled decode step copies no cache slot (the layout's reason to be: with [L, B, M, G, K]
+    arrays, or a unit batch dimension in front, XLA copied every slot at every layer and token)."""
+    import re
+
+    cfg = tiny_config(*extra)
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    max_len = 37  # a length no other array has
+    cache = init_cache(cfg, batch, max_len)
+    kw = {"pool_layers": unstack_pool(graphdef, params)} if cfg.model.kind == "radial" else {}
+    step = jax.jit(lambda p, t, c: decode_step(graphdef, p, t, c, **kw), donate_argnums=2)
+    hlo = step.lower(params, jnp.zeros((batch,), jnp.int32), cache).compile().as_text()
+    slot_shapes = {tuple(x.shape) for x in (*cache.k, *cache.v)}
+    copies = [tuple(int(d) for d in m.split(",")) for m in
+              re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)]
+    assert not [c for c in copies if c in slot_shapes], f"slot copies in the compiled step: {copies}"
+    assert any(str(max_len) in line and "scatter" in line for line in hlo.splitlines())  # it does write
