@@ -87,7 +87,10 @@ def _cmd_bench(args) -> int:
     if args.what == "decode":
         from radial_jax.bench.decode import run as run_decode
 
-        run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint)
+        if args.windows < 1:
+            raise SystemExit(f"--windows must be >= 1, got {args.windows}")
+        run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
+                   windows=args.windows)
         return 0
     if args.what == "train":
         from radial_jax.bench.train_step import DEFAULT_CONFIGS, run
@@ -201,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode: trained run directories to time instead of --configs")
     b.add_argument("--configs", nargs="+", default=None, help="configs to compare")
     b.add_argument("--out", default=None, help="write the JSON report here")
+    b.add_argument("--windows", type=int, default=15,
+                   help="decode: timed windows of 16 tokens per model and batch (more: steadier medians)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
 
