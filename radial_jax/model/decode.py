@@ -140,7 +140,7 @@ def _dense_blocks(blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
         q, k, v = block.qkv(h_BxSxD, pos_BxS)
         cache = _write(cache, i, at_BxS, k, v, valid_BxS)
         h_BxSxD = block.finish(h_BxSxD, q, *cache.slot(i),
-                               _mask(cache.written_LxBxM[i], pos_BxS), kv_heads_first=True)
+                               _mask(cache.written_LxBxM[i], pos_BxS), from_cache=True)
     return h_BxSxD, cache
 
 
@@ -184,7 +184,7 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
         mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
         mask_PxBx1xCxM = jnp.moveaxis(mask.reshape(b, 1, p, c, -1), 2, 0)
         y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, *cache.slot(slot),
-                                      mask_PxBx1xCxM, kv_heads_first=True)
+                                      mask_PxBx1xCxM, from_cache=True)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * gate_BxPxC[..., None].astype(
             x_BxPxCxD.dtype)
         h_BxSxD = dsp.combine(h_BxSxD, delta_BxPxCxD, d)
@@ -211,7 +211,7 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
     qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
         lambda x, pos: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)]
-    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, kv_heads_first=True) - x
+    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, from_cache=True) - x
                       for i in range(p)] + [
         lambda x, *a: jnp.zeros_like(x)]
 

@@ -140,11 +140,11 @@ class Attention(nnx.Module):
         return q_BxSxHxK, k_BxSxGxK, v_BxSxGxK
 
     def attend(self, q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_Bx1xSxT: jax.Array, *,
-               kv_heads_first: bool = False) -> jax.Array:
+               from_cache: bool = False) -> jax.Array:
         """Attention output projected back to width D. Keys/values are [B, T, G, K], or with
-        kv_heads_first the KV cache's layout: keys [B, G, K, T], values [B, G, T, K]."""
+        from_cache the KV cache's layout: keys [B, G, K, T], values [B, G, T, K]."""
         k, v = k.astype(q_BxSxHxK.dtype), v.astype(q_BxSxHxK.dtype)
-        if kv_heads_first:
+        if from_cache:
             o_BxSxHxK = grouped_attention(q_BxSxHxK, k, v, mask_Bx1xSxT)
         else:
             o_BxSxHxK = jax.nn.dot_product_attention(q_BxSxHxK, k, v, mask=mask_Bx1xSxT)
@@ -208,19 +208,19 @@ class Block(nnx.Module):
         """Queries, keys and values of this block's attention for tokens x."""
         return self.attn.qkv(self.attn_norm(x_BxSxD), pos_BxS)
 
-    def attn_delta(self, q_BxSxHxK, k, v, mask_Bx1xSxT, *, kv_heads_first: bool = False) -> jax.Array:
+    def attn_delta(self, q_BxSxHxK, k, v, mask_Bx1xSxT, *, from_cache: bool = False) -> jax.Array:
         """What attention adds to the residual stream (before the MLP)."""
-        return self.attn.attend(q_BxSxHxK, k, v, mask_Bx1xSxT, kv_heads_first=kv_heads_first)
+        return self.attn.attend(q_BxSxHxK, k, v, mask_Bx1xSxT, from_cache=from_cache)
 
     def mlp_delta(self, x_BxSxD: jax.Array) -> jax.Array:
         return self.mlp(self.mlp_norm(x_BxSxD))
 
-    def finish(self, x_BxSxD, q_BxSxHxK, k, v, mask_Bx1xSxT, *, kv_heads_first: bool = False,
+    def finish(self, x_BxSxD, q_BxSxHxK, k, v, mask_Bx1xSxT, *, from_cache: bool = False,
                ) -> jax.Array:
         """The block's output for tokens x given their queries and the keys/values to attend to
-        ([B, T, G, K], or with kv_heads_first the KV cache's layout, see Attention.attend)."""
+        ([B, T, G, K], or with from_cache the KV cache's layout, see Attention.attend)."""
         h = x_BxSxD + self.attn_delta(q_BxSxHxK, k, v, mask_Bx1xSxT,
-                                      kv_heads_first=kv_heads_first).astype(x_BxSxD.dtype)
+                                      from_cache=from_cache).astype(x_BxSxD.dtype)
         return h + self.mlp_delta(h).astype(h.dtype)
 
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):

@@ -109,11 +109,11 @@ class RadialLM(nnx.Module):
     def pool_qkv(self, x_PxBxCxD, pos_PxBxC):
         return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0))
 
-    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, kv_heads_first=False):
+    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, from_cache=False):
         """Keys/values shared by all P layers: [B, S, G, K], or the KV cache's layout with
-        kv_heads_first (see Attention.attend)."""
+        from_cache (see Attention.attend)."""
         return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS,
-                                in_axes=(0, 0, None, None, 0), kv_heads_first=kv_heads_first)
+                                in_axes=(0, 0, None, None, 0), from_cache=from_cache)
 
     # ------------------------------------------------------------------ forward
 
