@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from radial_jax.model.build import build_model
-from radial_jax.model.decode import decode_step, prefill, unstack_pool
+from radial_jax.model.decode import decode_step, prefill, unstack_weights
 from radial_jax.model.kv_cache import bytes_per_token, check_room, init_cache
 from tests.helpers import tiny_config
 
@@ -103,7 +103,7 @@ def test_prefill_then_decode_equals_full_forward(case):
     # Batch 1, every token decoded from an empty cache by the lax.switch path (only the chosen
     # layer runs): the same logits, routes and cache as the batched path.
     switched, c1 = decode_rows(cfg, graphdef, params, tokens, [2], prompt=0 * PROMPT, switch=True,
-                               pool_layers=unstack_pool(graphdef, params))
+                               step_weights=unstack_weights(graphdef, params))
     assert len(switched) == TOTAL[2]
     for (_, j), g in switched.items():
         np.testing.assert_allclose(g, got[(2, j)], atol=1e-5, rtol=0, err_msg=f"{case} pos {j}")
@@ -182,7 +182,7 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     graphdef, params = nnx.split(build_model(cfg), nnx.Param)
     max_len = 37  # a length no other array has
     cache = init_cache(cfg, batch, max_len)
-    kw = {"pool_layers": unstack_pool(graphdef, params)} if cfg.model.kind == "radial" else {}
+    kw = {"step_weights": unstack_weights(graphdef, params)} if cfg.model.kind == "radial" else {}
     step = jax.jit(lambda p, t, c: decode_step(graphdef, p, t, c, **kw), donate_argnums=2)
     hlo = step.lower(params, jnp.zeros((batch,), jnp.int32), cache).compile().as_text()
     slot_shapes = {tuple(x.shape) for x in (*cache.k, *cache.v)}

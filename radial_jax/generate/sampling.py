@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from radial_jax.config import Config
-from radial_jax.model.decode import decode_step, prefill, unstack_pool
+from radial_jax.model.decode import decode_step, prefill, unstack_weights
 from radial_jax.model.kv_cache import KVCache, check_room, init_cache
 
 
@@ -85,9 +85,8 @@ class Generator:
         # The blocks a dense model of the same parameters runs: what active fractions divide by.
         self.dense_depth = m.n_layers if m.kind == "dense" else m.prefix_layers + m.pool_size
         self._leaves, self._params_def = jax.tree.flatten(params)
-        pool_layers = unstack_pool(graphdef, params) if switch is not False else None
-        self._pool_leaves = [jax.tree.leaves(layer) for layer in pool_layers] if pool_layers else []
-        self._pool_def = jax.tree.structure(pool_layers[0]) if pool_layers else None
+        step_weights = unstack_weights(graphdef, params) if switch is not False else None
+        self._step_leaves, self._step_def = jax.tree.flatten(step_weights)
         self._prefill = jax.jit(self._prefill_impl, static_argnames="s", donate_argnames="cache")
         self._step = jax.jit(self._step_impl, static_argnames="s", donate_argnames="cache")
 
@@ -97,7 +96,7 @@ class Generator:
 
     def step(self, token_B, cache: KVCache, key, i: int, s: Sampling):
         """(next token [B], blocks run on token_B [B], cache); draws with fold_in(key, i)."""
-        return self._step(self._leaves, self._pool_leaves, token_B, cache, key, i, s=s)
+        return self._step(self._leaves, self._step_leaves, token_B, cache, key, i, s=s)
 
     def _prefill_impl(self, leaves, tokens_BxS, lengths_B, cache, key, s: Sampling):
         params = jax.tree.unflatten(self._params_def, leaves)
@@ -107,12 +106,12 @@ class Generator:
         return (sample_logits(logits_BxV, key, s), depth_at(cache, last_B, self.n_dense, self.pool_size),
                 cache)
 
-    def _step_impl(self, leaves, pool_leaves, token_B, cache, key, i, s: Sampling):
+    def _step_impl(self, leaves, step_leaves, token_B, cache, key, i, s: Sampling):
         params = jax.tree.unflatten(self._params_def, leaves)
-        pool_layers = tuple(jax.tree.unflatten(self._pool_def, x) for x in pool_leaves) or None
+        step_weights = jax.tree.unflatten(self._step_def, step_leaves)
         key = jax.random.fold_in(key, i)  # in the jitted step: no extra dispatch per token
         logits_BxV, cache = decode_step(self.graphdef, params, token_B, cache, switch=self.switch,
-                                        pool_layers=pool_layers)
+                                        step_weights=step_weights)
         depth_B = depth_at(cache, cache.length_B - 1, self.n_dense, self.pool_size)
         return sample_logits(logits_BxV, key, s), depth_B, cache
 

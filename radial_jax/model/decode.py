@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.kv_cache import KVCache, check_room
@@ -49,13 +49,14 @@ def prefill(graphdef: nnx.GraphDef, params, tokens_BxS: jax.Array, lengths_B: ja
 
 
 def decode_step(graphdef: nnx.GraphDef, params, token_B: jax.Array, cache: KVCache, *,
-                switch: bool | None = None, pool_layers: tuple | None = None,
+                switch: bool | None = None, step_weights: StepWeights | None = None,
                 ) -> tuple[jax.Array, KVCache]:
     """Append one token per sequence; float32 logits [B, V] for the next one, and the cache.
 
     switch (radial, B == 1 only): run only the chosen pool layer per step; default: B == 1.
-    pool_layers: `unstack_pool(graphdef, params)`, made once outside jit, so the switch path reads
-    each layer's own arrays instead of slicing (copying) it out of the stacked pool every step."""
+    step_weights: `unstack_weights(graphdef, params)`, made once outside jit, so the switch path
+    reads each pool layer's and routing step's own arrays instead of slicing (copying) them out of
+    the stacked ones at every token."""
     model = nnx.merge(graphdef, params)
     _check_decodable(model)
     token_B = jnp.asarray(token_B, jnp.int32)
@@ -65,18 +66,28 @@ def decode_step(graphdef: nnx.GraphDef, params, token_B: jax.Array, cache: KVCac
     if use_switch and _is_radial(model):
         if b != 1:
             raise ValueError(f"the lax.switch decode path runs one sequence; got a batch of {b}")
-        return _decode_one(model, token_B, cache, pool_layers)
+        return _decode_one(model, token_B, cache, step_weights)
     logits_Bx1xV, cache = _extend(model, token_B[:, None], jnp.ones((b,), jnp.int32), cache)
     return logits_Bx1xV[:, 0], cache
 
 
-def unstack_pool(graphdef: nnx.GraphDef, params) -> tuple | None:
-    """The radial pool's parameters as P per-layer states (None for a dense model)."""
+@struct.dataclass
+class StepWeights:
+    """A radial model's stacked weights, unstacked for the batch-1 path: P pool-layer states and
+    T routing steps' router weights (`Router.step_weights`)."""
+    pool: tuple
+    router: tuple
+
+
+def unstack_weights(graphdef: nnx.GraphDef, params) -> StepWeights | None:
+    """The radial model's StepWeights (None for a dense model)."""
     model = nnx.merge(graphdef, params)
     if not _is_radial(model):
         return None
     state = nnx.state(model.pool)
-    return tuple(jax.tree.map(lambda w, i=i: w[i], state) for i in range(model.pool_size))
+    return StepWeights(
+        pool=tuple(jax.tree.map(lambda w, i=i: w[i], state) for i in range(model.pool_size)),
+        router=tuple(model.router.step_weights(t) for t in range(model.steps)))
 
 
 # --------------------------------------------------------------------------- checks
@@ -195,7 +206,7 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
 # --------------------------------------------------------------------------- batch-1 path
 
 
-def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
+def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
     """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch."""
     p, r = model.pool_size, model.routing
     pos_1x1 = cache.length_B[:, None]
@@ -204,10 +215,12 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     h_1x1xD, cache = _dense_blocks(model.prefix, h_1x1xD, pos_1x1, pos_1x1, valid_1x1, cache)
 
     pool_def, pool_state = nnx.split(model.pool)
-    if pool_layers is None:
+    if weights is None:
         layer = lambda i: nnx.merge(pool_def, jax.tree.map(lambda w: w[i], pool_state))
+        router_weights = model.router.step_weights
     else:
-        layer = lambda i: nnx.merge(pool_def, pool_layers[i])
+        layer = lambda i: nnx.merge(pool_def, weights.pool[i])
+        router_weights = lambda t: weights.router[t]
     qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
     qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
         lambda x, pos: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)]
@@ -219,28 +232,34 @@ def _decode_one(model, token_1, cache: KVCache, pool_layers: tuple | None):
     carry = None
     for t in range(model.steps):
         slot = model.prefix_layers + t
-        logits_1x1xR = model.router(h_1x1xD, t)
+        logits_1x1xR = model.router.apply(h_1x1xD, router_weights(t))
         masked, p_skip = choice_logits(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order),
                                        valid_1x1, r.skip)
         dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
             masked, r.top_k, model.router.select_bias[t], p_skip)
         choice_K = dec.choice_BxSxK[0, 0]
         kept_K = choice_K < p  # one token per sequence: every layer it picks has room
+        gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
         qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
                for j in range(choice_K.shape[0])]
-        n = kept_K.sum()
-        scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
-        k_1x1xGxK = sum(kv[1] for kv in qkv) * scale
-        v_1x1xGxK = sum(kv[2] for kv in qkv) * scale
-        done = jnp.reshape(n > 0, (1, 1))
+        if len(qkv) == 1:  # top-1: a skip's branch gives zeros already; nothing to average
+            k_1x1xGxK, v_1x1xGxK = qkv[0][1], qkv[0][2]
+            done = kept_K[None]
+            first = choice_K[None]
+        else:
+            n = kept_K.sum()
+            scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
+            k_1x1xGxK = sum(kv[1] for kv in qkv) * scale
+            v_1x1xGxK = sum(kv[2] for kv in qkv) * scale
+            done = jnp.reshape(n > 0, (1, 1))
+            first = jnp.reshape(jnp.where(kept_K, choice_K, p).min(), (1, 1))
+            gate_K = gate_K * kept_K
         k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, done, carry, model.kv_skip)
         cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
-        first = jnp.where(kept_K, choice_K, p).min()
-        cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
+        cache = _write_route(cache, t, pos_1x1, first)
         mask = _mask(cache.written_LxBxM[slot], pos_1x1)
         k_slot, v_slot = cache.slot(slot)
-        gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
-        gate_K = gate_K * kept_K
+        # A skipped choice's branch returns a zero delta, so its gate needs no masking.
         deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)
                   * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
         h_1x1xD = h_1x1xD + sum(deltas)

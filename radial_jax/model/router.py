@@ -57,12 +57,18 @@ class Router(nnx.Module):
 
     def __call__(self, h_BxSxD: jax.Array, t: int) -> jax.Array:
         """Float32 logits [B, S, R] for routing step t (a Python int)."""
-        x = self.norm(h_BxSxD.astype(jnp.float32))
+        return self.apply(h_BxSxD, self.step_weights(t))
+
+    def step_weights(self, t: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Step t's own weights (w_in [D, H], b_in [H], w_out [H, R], b_out [R]). Decoding slices
+        them once outside jit: sliced inside, each token would copy them out of the stacked arrays."""
         if self.per_step:
-            a_BxSxH = jnp.einsum("bsd,dh->bsh", x, self.w_in[t])
-            w_HxR = self.w_out[t]
-        else:
-            a_BxSxH = jnp.einsum("bsd,dh->bsh", x, self.w_in[...]) + self.step_embed[t]
-            w_HxR = self.w_out[...]
-        a_BxSxH = jax.nn.gelu(a_BxSxH + self.b_in[t])
-        return jnp.einsum("bsh,hr->bsr", a_BxSxH, w_HxR) + self.b_out[t]
+            return self.w_in[t], self.b_in[t], self.w_out[t], self.b_out[t]
+        return self.w_in[...], self.b_in[t] + self.step_embed[t], self.w_out[...], self.b_out[t]
+
+    def apply(self, h_BxSxD: jax.Array, weights: tuple) -> jax.Array:
+        """Float32 logits [B, S, R] from one step's `step_weights`."""
+        w_in_DxH, b_in_H, w_out_HxR, b_out_R = weights
+        x = self.norm(h_BxSxD.astype(jnp.float32))
+        a_BxSxH = jax.nn.gelu(jnp.einsum("bsd,dh->bsh", x, w_in_DxH) + b_in_H)
+        return jnp.einsum("bsh,hr->bsr", a_BxSxH, w_out_HxR) + b_out_R
