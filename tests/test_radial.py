@@ -278,3 +278,25 @@ def test_compiled_cost_scales_with_steps_and_capacity_not_pool_size():
     assert bigger_pool / base == pytest.approx(1.0, abs=0.15)
     assert more_steps / base > 1.6
     assert more_capacity / base > 1.6
+
+
+@pytest.mark.parametrize("skip", ["allow", "forbid", "learned"])
+def test_top1_choice_decides_as_the_generic_policy(skip):
+    """The fused batch-1 decision equals choice_logits + token_choice(top_k=1), with ties, masked
+    layers, no layer left, and skip-dominated tokens among the cases."""
+    from radial_jax.model.policy import choice_logits, token_choice, top1_choice
+
+    n, p = 512, 3
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    logits_NxR = jax.random.normal(k1, (n, p + 1)) * 2.0
+    logits_NxR = logits_NxR.at[:32, 1].set(logits_NxR[:32, 0])  # ties between layers
+    allowed_NxP = jax.random.bernoulli(k2, 0.7, (n, p)).at[:16].set(False)  # 16 with no layer left
+    bias_P = jnp.array([0.05, 0.05, -0.1])  # layers 0 and 1 tie where their logits do
+    masked, p_skip = choice_logits(logits_NxR[None], allowed_NxP[None], jnp.ones((1, n), bool), skip)
+    want = token_choice(masked, 1, bias_P, p_skip)
+    choice, gate = jax.jit(jax.vmap(lambda l, a: top1_choice(l, a, bias_P, skip=skip)))(logits_NxR, allowed_NxP)
+    want_choice = np.asarray(want.choice_BxSxK[0, :, 0])
+    np.testing.assert_array_equal(np.asarray(choice), want_choice)
+    assert 0 < (want_choice == p).sum() < n  # both kinds of decision are exercised
+    ran = want_choice < p
+    np.testing.assert_allclose(np.asarray(gate)[ran], np.asarray(want.gate_BxSxK[0, :, 0])[ran], rtol=1e-6)

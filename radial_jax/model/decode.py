@@ -32,6 +32,7 @@ from radial_jax.model.policy import (
     fixed_choice,
     gate_value,
     token_choice,
+    top1_choice,
 )
 from radial_jax.model.radial import _first_kept_layer, _shared_kv, kv_slot
 
@@ -233,13 +234,19 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
     for t in range(model.steps):
         slot = model.prefix_layers + t
         logits_1x1xR = model.router.apply(h_1x1xD, router_weights(t))
-        masked, p_skip = choice_logits(logits_1x1xR, allowed_layers(hist, reuse=r.reuse, order=r.order),
-                                       valid_1x1, r.skip)
-        dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
-            masked, r.top_k, model.router.select_bias[t], p_skip)
-        choice_K = dec.choice_BxSxK[0, 0]
+        allowed_1x1xP = allowed_layers(hist, reuse=r.reuse, order=r.order)
+        if r.policy == "token_choice" and r.top_k == 1:
+            choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0],
+                                       model.router.select_bias[t], skip=r.skip)
+            choice_K, gate_K = choice[None], gate_value(prob, r.gate)[None]
+        else:
+            masked, p_skip = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, r.skip)
+            dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
+                masked, r.top_k, model.router.select_bias[t], p_skip)
+            choice_K = dec.choice_BxSxK[0, 0]
+            gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0],
+                                                                                  r.gate)
         kept_K = choice_K < p  # one token per sequence: every layer it picks has room
-        gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0], r.gate)
         qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
                for j in range(choice_K.shape[0])]
         if len(qkv) == 1:  # top-1: a skip's branch gives zeros already; nothing to average
@@ -263,6 +270,6 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
         deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)
                   * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
         h_1x1xD = h_1x1xD + sum(deltas)
-        hist = hist.update(dec.choice_BxSxK, kept_K[None, None], p)
+        hist = hist.update(choice_K[None, None], kept_K[None, None], p)
     cache = cache.replace(length_B=cache.length_B + 1)
     return model.embedder.decode(h_1x1xD)[:, 0], cache

@@ -118,3 +118,47 @@ def gate_value(prob: jax.Array, mode: str) -> jax.Array:
     if mode == "straight_through":
         return 1.0 + prob - jax.lax.stop_gradient(prob)
     return prob
+
+
+def top1_choice(logits_R: jax.Array, allowed_P: jax.Array, select_bias_P: jax.Array, *,
+                skip: str) -> tuple[jax.Array, jax.Array]:
+    """One real token's top-1 decision: (choice in [0, P], P = skip; its router probability, the gate
+    before `gate_value`): what `choice_logits` then `token_choice(top_k=1)` decide, for batch-1
+    decoding.
+
+    Written as elementwise operations over the P + 1 scalars (P is small and static), so XLA fuses
+    the whole decision into one kernel: the generic version's softmaxes, top-k and gathers are about
+    ten kernels per routing step, and at batch 1 each kernel's launch costs more than its math."""
+    p = allowed_P.shape[0]
+    l = [logits_R[i] for i in range(p + 1)]
+    ok = [allowed_P[i] for i in range(p)]
+    any_ok = ok[0]
+    for o in ok[1:]:
+        any_ok = any_ok | o
+    layer_l = [jnp.where(o, x, NEG) for o, x in zip(ok, l)]
+    # The first best score, as top_k breaks ties.
+    best, choice = layer_l[0] + select_bias_P[0], jnp.int32(0)
+    for i in range(1, p):
+        score = layer_l[i] + select_bias_P[i]
+        take = score > best
+        best, choice = jnp.where(take, score, best), jnp.where(take, jnp.int32(i), choice)
+
+    def softmax_at(xs, i_chosen):  # (probability of xs[i_chosen], of xs[-1])
+        m = xs[0]
+        for x in xs[1:]:
+            m = jnp.maximum(m, x)
+        e = [jnp.exp(x - m) for x in xs]
+        total = e[0]
+        for x in e[1:]:
+            total = total + x
+        picked = e[0]
+        for i in range(1, p):
+            picked = jnp.where(i_chosen == i, e[i], picked)
+        return picked / total, e[-1] / total
+
+    skip_l = l[p] if skip == "allow" else jnp.where(any_ok, NEG, l[p])
+    gate, p_skip = softmax_at(layer_l + [skip_l], choice)
+    if skip == "learned":  # P(skip) of the predictor: skip competing with the allowed layers
+        _, p_skip = softmax_at(layer_l + [l[p]], choice)
+    skipped = (p_skip > 0.5) | (gate <= 0.0)
+    return jnp.where(skipped, jnp.int32(p), choice), gate
