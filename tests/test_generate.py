@@ -130,5 +130,8 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
         ("radial", 1, "switch"), ("radial", 1, "batched"), ("radial", 8, "batched"),
         ("dense", 1, "all layers"), ("dense", 8, "all layers")]
     assert all(r["ms_per_token"] > 0 and 0 < r["active_fraction"] <= 1 for r in rows)
-    assert "radial_tiny" in report["radial_over_dense_batch1"]
+    assert all(len(r["window_ms"]) == 2 for r in rows)
+    paired = report["radial_over_dense_batch1"]["radial_tiny"]["ratio_paired"]
+    radial, dense = rows[0]["window_ms"], rows[3]["window_ms"]
+    assert paired == pytest.approx(np.median([radial[0] / dense[0], radial[1] / dense[1]]))
     assert out.is_file() and "| radial_tiny |" in capsys.readouterr().out

@@ -5,8 +5,9 @@ trained run directories) it prefills a prompt of Python source (the corpus's sty
 sampled decoding (temperature 0.8, seeded) the way `radial generate` runs it: one jitted
 decode-and-sample call per token and the token read back on the host. Windows of all models are
 interleaved, so changes in machine load hit them alike; the table gives the median and the best
-window. Batch 1 (radial: the lax.switch path, only the chosen layer runs;
-also the batched path for comparison) and batch 8. Reports ms per decode step, tokens/s and the
+window, and radial/dense also paired by round (the median of per-round ratios, which cancels the
+machine's drift between rounds); the JSON keeps every window's time. Batch 1 (radial: the
+lax.switch path, only the chosen layer runs; also the batched path for comparison) and batch 8. Reports ms per decode step, tokens/s and the
 measured mean active depth (blocks run per token). Then, if transformers and torch import, a
 Llama model of the dense config's shape (random weights) decoding with `generate()` on the CPU:
 its per-token time is (t(N new tokens) - t(1 new token)) / (N - 1), so prefill is excluded as for
@@ -87,7 +88,8 @@ class DecodeTimer:
         return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
                 "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
                 "mean_active_depth": mean_depth, "max_depth": self.gen.max_depth,
-                "active_fraction": mean_depth / self.gen.dense_depth}
+                "active_fraction": mean_depth / self.gen.dense_depth,
+                "window_ms": [round(1e3 * t, 4) for t in self.times]}
 
 
 def time_transformers(cfg: Config, *, batch: int, prompt_len: int, new_tokens: int, windows: int,
@@ -212,12 +214,19 @@ def _ratios(rows: list[dict]) -> dict:
         out["radial_over_dense_batch1"] = {
             r["model"]: {"ratio": r["ms_per_token"] / dense["ms_per_token"],
                          "ratio_best": r["ms_min"] / dense["ms_min"],
+                         "ratio_paired": _paired_ratio(r["window_ms"], dense["window_ms"]),
                          "target": 1.2 * r["active_fraction"]} for r in radial}
     for b in BATCHES:
         hf, ours = find("dense", "generate()", b), find("dense", "all layers", b)
         if hf and ours:
             out[f"transformers_over_ours_batch{b}"] = hf["ms_per_token"] / ours["ms_per_token"]
     return out
+
+
+def _paired_ratio(a_ms: list[float], b_ms: list[float]) -> float:
+    """Median over interleaving rounds of a's window time / b's window time in the same round: a
+    change of machine speed between rounds (a shared VM's) cancels within each pair."""
+    return statistics.median(a / b for a, b in zip(a_ms, b_ms))
 
 
 def format_table(report: dict) -> str:
@@ -230,7 +239,8 @@ def format_table(report: dict) -> str:
     rows.append("")
     for model, r in report.get("radial_over_dense_batch1", {}).items():
         rows.append(f"batch 1, {model} / dense ms per token: {r['ratio']:.2f} median, "
-                    f"{r['ratio_best']:.2f} best (target <= 1.2 x mean active fraction = {r['target']:.2f})")
+                    f"{r['ratio_best']:.2f} best, {r['ratio_paired']:.2f} paired by round "
+                    f"(target <= 1.2 x mean active fraction = {r['target']:.2f})")
     for b in (1, 8):
         if f"transformers_over_ours_batch{b}" in report:
             rows.append(f"batch {b}, transformers (fastest thread count) / ours (dense) ms per token: "
