@@ -11,7 +11,8 @@ lax.switch path, only the chosen layer runs; also the batched path for compariso
 Reports ms per decode step, tokens/s and the measured mean active depth (blocks run per token).
 Then, if transformers and torch import, a Llama model of the dense config's shape (random weights)
 decoding with `generate()` on the CPU: its per-token time is (t(N new tokens) - t(1 new token))
-/ (N - 1), so prefill is excluded as for ours. Prints a table and JSON; never asserts a time. `radial bench decode [--out FILE]`.
+/ (N - 1), so prefill is excluded as for ours. Prints a table and JSON; never asserts a time.
+`radial bench decode [--out FILE]`.
 """
 
 from __future__ import annotations
