@@ -1,6 +1,8 @@
 """Sampling and generation: greedy is the argmax of the full forward, seeds repeat, batches are ragged,
 EOS stops, and `radial generate` prints text from a trained checkpoint."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,12 +126,18 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
     out = tmp_path / "decode.json"
     small = ["model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64"]
     report = run(["configs/radial_tiny.yaml", "configs/tiny.yaml"], small, str(out), prompt_len=8,
-                 new_tokens=2, windows=2, transformers=False)
+                 new_tokens=2, windows=2, hf_tokens=3)
     rows = report["results"]
+    threads = sorted({1, len(os.sched_getaffinity(0))})
     assert [(r["kind"], r["batch"], r["path"]) for r in rows] == [
         ("radial", 1, "switch"), ("radial", 1, "batched"), ("radial", 8, "batched"),
-        ("dense", 1, "all layers"), ("dense", 8, "all layers")]
-    assert all(r["ms_per_token"] > 0 and 0 < r["active_fraction"] <= 1 for r in rows)
+        ("dense", 1, "all layers"), ("dense", 8, "all layers"),
+        *[("dense", b, "generate()") for _ in threads for b in (1, 8)]]
+    assert [r["torch_threads"] for r in rows[5:]] == [t for t in threads for _ in (1, 8)]
+    assert rows[5]["params"] == rows[3]["params"]  # transformers' Llama has our dense model's shape
+    assert all(r["ms_per_token"] > 0 for r in rows)
+    assert all(0 < r["active_fraction"] <= 1 for r in rows[:5])
+    assert {"transformers_over_ours_batch1", "transformers_over_ours_batch8"} <= set(report)
     assert all(len(r["window_ms"]) == 2 for r in rows)
     paired = report["radial_over_dense_batch1"]["radial_tiny"]["ratio_paired"]
     radial, dense = rows[0]["window_ms"], rows[3]["window_ms"]

@@ -93,49 +93,64 @@ class DecodeTimer:
                 "window_ms": [round(1e3 * t, 4) for t in self.times]}
 
 
-def time_transformers(cfg: Config, *, batch: int, prompt_len: int, new_tokens: int, windows: int,
-                      threads: int | None = None):
-    """Per-token decode time of transformers' LlamaForCausalLM.generate() on the CPU, or None.
+class TransformersTimer:
+    """transformers' LlamaForCausalLM.generate() on the CPU at one batch size and torch thread count,
+    timed in windows that `run` interleaves with ours: per token (t(N new) - t(1 new)) / (N - 1).
 
-    threads: torch's intra-op threads (None: torch's default); on a busy machine one thread can be
-    ten times faster than several spinning ones, so `run` times both and reports each."""
-    try:
+    threads: torch's intra-op threads; on a busy machine one thread can be ten times faster than
+    several spinning ones, so `run` times both and reports each."""
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            print(f"transformers comparison skipped: {e} (install with `pip install '.[bench]'`)")
+            return False
+        return True
+
+    def __init__(self, cfg: Config, *, batch: int, prompt_len: int, new_tokens: int, threads: int):
         import torch
         import transformers
-    except ImportError as e:
-        print(f"transformers comparison skipped: {e} (install with `pip install '.[bench]'`)")
-        return None
-    m = cfg.model
-    llama = transformers.LlamaConfig(
-        vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=ff_dim(m),
-        num_hidden_layers=m.n_layers, num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,
-        head_dim=head_dim(m), rms_norm_eps=m.norm_eps, rope_theta=m.rope_theta,
-        tie_word_embeddings=m.tie_embeddings, max_position_embeddings=prompt_len + new_tokens + 8,
-        hidden_act="silu", attention_bias=False, mlp_bias=False)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(llama).to(torch.float32).eval()
-    ids = torch.tensor(prompts(batch, prompt_len), dtype=torch.long)
 
-    def run(n: int) -> float:
+        m = cfg.model
+        llama = transformers.LlamaConfig(
+            vocab_size=m.vocab_size, hidden_size=m.d_model, intermediate_size=ff_dim(m),
+            num_hidden_layers=m.n_layers, num_attention_heads=m.n_heads,
+            num_key_value_heads=m.n_kv_heads, head_dim=head_dim(m), rms_norm_eps=m.norm_eps,
+            rope_theta=m.rope_theta, tie_word_embeddings=m.tie_embeddings,
+            max_position_embeddings=prompt_len + new_tokens + 8, hidden_act="silu",
+            attention_bias=False, mlp_bias=False)
+        self.torch, self.batch, self.new_tokens, self.threads = torch, batch, new_tokens, threads
+        torch.manual_seed(0)
+        self.model = transformers.LlamaForCausalLM(llama).to(torch.float32).eval()
+        self.ids = torch.tensor(prompts(batch, prompt_len), dtype=torch.long)
+        self.versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        self.times: list[float] = []
+        self._run(new_tokens)  # warm-up
+
+    def _run(self, n: int) -> float:
+        torch = self.torch
+        torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=True, temperature=0.8, top_k=0, top_p=1.0, use_cache=True,
-                           pad_token_id=0, eos_token_id=None)
+            self.model.generate(self.ids, attention_mask=torch.ones_like(self.ids), max_new_tokens=n,
+                                min_new_tokens=n, do_sample=True, temperature=0.8, top_k=0, top_p=1.0,
+                                use_cache=True, pad_token_id=0, eos_token_id=None)
         return time.perf_counter() - t0
 
-    run(new_tokens)  # warm-up
-    per_token = []
-    for _ in range(windows):
-        one = min(run(1) for _ in range(3))
-        per_token.append((run(new_tokens) - one) / (new_tokens - 1))
-    step_s = statistics.median(per_token)
-    return {"batch": batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(per_token),
-            "ms_max": 1e3 * max(per_token), "tokens_per_s": batch / step_s,
-            "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
+    def window(self) -> None:
+        one = min(self._run(1) for _ in range(2))
+        self.times.append((self._run(self.new_tokens) - one) / (self.new_tokens - 1))
+        time.sleep(0.05)  # torch's OpenMP threads spin a while after work; not into the next timer
+
+    def result(self) -> dict:
+        step_s = statistics.median(self.times)
+        return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
+                "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
+                "params": sum(p.numel() for p in self.model.parameters()), **self.versions,
+                "torch_threads": self.threads, "window_ms": [round(1e3 * t, 4) for t in self.times]}
 
 
 def _models(configs, overrides, checkpoints):
@@ -172,25 +187,20 @@ def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None,
                                             new_tokens=new_tokens, windows=windows, switch=switch)))
         if kind == "dense" and dense_cfg is None:
             dense_cfg = cfg
-    for _ in range(windows):
+    if transformers and dense_cfg is not None and TransformersTimer.available():
+        for threads in sorted({1, _cpus()}):  # timed in the same rounds as ours
+            for batch in BATCHES:
+                row = {"model": f"transformers Llama, {threads} thread(s)", "kind": "dense",
+                       "path": "generate()"}
+                timers.append((row, TransformersTimer(dense_cfg, batch=batch, prompt_len=prompt_len,
+                                                      new_tokens=hf_tokens, threads=threads)))
+    for i in range(windows):
         for _, timer in timers:
             timer.window()
+        print(f"  round {i + 1}/{windows}", flush=True)
     rows = [{**row, **timer.result()} for row, timer in timers]
     for r in rows:
         print(f"  {r['model']} batch {r['batch']} {r['path']}: {r['ms_per_token']:.3f} ms/token", flush=True)
-    if transformers and dense_cfg is not None:
-        for threads in sorted({1, _cpus()}):
-            for batch in BATCHES:
-                r = time_transformers(dense_cfg, batch=batch, prompt_len=prompt_len,
-                                      new_tokens=hf_tokens, windows=5, threads=threads)
-                if r is None:
-                    break
-                rows.append({"model": f"transformers Llama, {threads} thread(s)", "kind": "dense",
-                             "path": "generate()", **r})
-                print(f"  transformers batch {batch}, {threads} thread(s): {r['ms_per_token']:.3f} "
-                      "ms/token", flush=True)
-            if r is None:
-                break
     report = {"benchmark": "decode", "device": str(jax.devices()[0].device_kind),
               "platform": platform.processor() or platform.machine(), "cpu_count": _cpus(),
               "jax": jax.__version__, "prompt_len": prompt_len, "new_tokens": new_tokens,
