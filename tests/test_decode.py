@@ -111,8 +111,8 @@ def test_prefill_then_decode_equals_full_forward(case):
     np.testing.assert_array_equal(np.asarray(c1.route_TxBxM)[:, 0, :n], route[:, 2, :n])
     np.testing.assert_array_equal(np.asarray(c1.written_LxBxM)[:, 0, :n],
                                   np.asarray(cache.written_LxBxM)[:, 2, :n])
-    np.testing.assert_allclose(np.asarray(c1.k_LxBxGxMxK)[:, 0, :, :n], np.asarray(cache.k_LxBxGxMxK)[:, 2, :, :n],
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c1.k_LxBxGxMxK)[:, 0, :, :n],
+                               np.asarray(cache.k_LxBxGxMxK)[:, 2, :, :n], atol=1e-5)
 
 
 @pytest.mark.parametrize("extra, slots, steps", [([], 2, 0), ([*RADIAL, "model.prefix_layers=1"], 4, 3),

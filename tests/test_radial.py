@@ -294,7 +294,7 @@ def test_top1_choice_decides_as_the_generic_policy(skip):
     bias_P = jnp.array([0.05, 0.05, -0.1])  # layers 0 and 1 tie where their logits do
     masked, p_skip = choice_logits(logits_NxR[None], allowed_NxP[None], jnp.ones((1, n), bool), skip)
     want = token_choice(masked, 1, bias_P, p_skip)
-    decide = jax.jit(jax.vmap(lambda l, a: top1_choice(l, a, bias_P, skip=skip)))
+    decide = jax.jit(jax.vmap(lambda x, a: top1_choice(x, a, bias_P, skip=skip)))
     choice, gate = decide(logits_NxR, allowed_NxP)
     want_choice = np.asarray(want.choice_BxSxK[0, :, 0])
     np.testing.assert_array_equal(np.asarray(choice), want_choice)

@@ -237,7 +237,7 @@ def _ratios(rows: list[dict]) -> dict:
 def _paired_ratio(a_ms: list[float], b_ms: list[float]) -> float:
     """Median over interleaving rounds of a's window time / b's window time in the same round: a
     change of machine speed between rounds (a shared VM's) cancels within each pair."""
-    return statistics.median(a / b for a, b in zip(a_ms, b_ms))
+    return statistics.median(a / b for a, b in zip(a_ms, b_ms, strict=True))
 
 
 def format_table(report: dict) -> str:

@@ -130,35 +130,35 @@ def top1_choice(logits_R: jax.Array, allowed_P: jax.Array, select_bias_P: jax.Ar
     the whole decision into one kernel: the generic version's softmaxes, top-k and gathers are about
     ten kernels per routing step, and at batch 1 each kernel's launch costs more than its math."""
     p = allowed_P.shape[0]
-    l = [logits_R[i] for i in range(p + 1)]
+    x = [logits_R[i] for i in range(p + 1)]
     ok = [allowed_P[i] for i in range(p)]
     any_ok = ok[0]
     for o in ok[1:]:
         any_ok = any_ok | o
-    layer_l = [jnp.where(o, x, NEG) for o, x in zip(ok, l)]
+    layer_x = [jnp.where(ok[i], x[i], NEG) for i in range(p)]
     # The first best score, as top_k breaks ties.
-    best, choice = layer_l[0] + select_bias_P[0], jnp.int32(0)
+    best, choice = layer_x[0] + select_bias_P[0], jnp.int32(0)
     for i in range(1, p):
-        score = layer_l[i] + select_bias_P[i]
+        score = layer_x[i] + select_bias_P[i]
         take = score > best
         best, choice = jnp.where(take, score, best), jnp.where(take, jnp.int32(i), choice)
 
     def softmax_at(xs, i_chosen):  # (probability of xs[i_chosen], of xs[-1])
         m = xs[0]
-        for x in xs[1:]:
-            m = jnp.maximum(m, x)
-        e = [jnp.exp(x - m) for x in xs]
+        for v in xs[1:]:
+            m = jnp.maximum(m, v)
+        e = [jnp.exp(v - m) for v in xs]
         total = e[0]
-        for x in e[1:]:
-            total = total + x
+        for v in e[1:]:
+            total = total + v
         picked = e[0]
         for i in range(1, p):
             picked = jnp.where(i_chosen == i, e[i], picked)
         return picked / total, e[-1] / total
 
-    skip_l = l[p] if skip == "allow" else jnp.where(any_ok, NEG, l[p])
-    gate, p_skip = softmax_at(layer_l + [skip_l], choice)
+    skip_x = x[p] if skip == "allow" else jnp.where(any_ok, NEG, x[p])
+    gate, p_skip = softmax_at(layer_x + [skip_x], choice)
     if skip == "learned":  # P(skip) of the predictor: skip competing with the allowed layers
-        _, p_skip = softmax_at(layer_l + [l[p]], choice)
+        _, p_skip = softmax_at(layer_x + [x[p]], choice)
     skipped = (p_skip > 0.5) | (gate <= 0.0)
     return jnp.where(skipped, jnp.int32(p), choice), gate
