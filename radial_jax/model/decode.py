@@ -113,16 +113,28 @@ def _check_room_if_concrete(cache: KVCache, n_new) -> None:
 # --------------------------------------------------------------------------- cache access
 
 
-def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS) -> KVCache:
+def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS, *,
+           slice_update: bool = False) -> KVCache:
     """Store keys/values and written flags of new positions at_BxS (M = out of range: not stored)."""
     b, g = cache.batch, cache.kv_heads
     bi = jnp.arange(b)[:, None]
-    n_BxSxG = jnp.broadcast_to((bi * g)[:, :, None] + jnp.arange(g), (*at_BxS.shape, g))
-    at_BxSx1 = at_BxS[:, :, None]
     kt, v = cache.k[slot], cache.v[slot]
-    # Keys [B*G, K, M]: indices split by a slice, so numpy puts them first: the update is [B, S, G, K].
-    kt = kt.at[n_BxSxG, :, at_BxSx1].set(k_BxSxGxK.astype(kt.dtype), mode="drop")
-    v = v.at[n_BxSxG, at_BxSx1].set(v_BxSxGxK.astype(v.dtype), mode="drop")
+    if slice_update and at_BxS.shape == (1, 1):
+        # One position of one sequence: a dynamic-update-slice, cheaper than a scatter, whose update
+        # is the new keys/values as they are. Where a scatter would drop an out-of-range position
+        # (padding), it writes position M - 1 instead, whose written flag stays as it was: unread
+        # until a real token is stored there. Not for a slot that a lax.switch branch reads: XLA
+        # then copies the updated slot (the in-place test catches it).
+        at = at_BxS[0, 0]
+        kt = jax.lax.dynamic_update_slice(kt, k_BxSxGxK.reshape(g, -1, 1).astype(kt.dtype), (0, 0, at))
+        v = jax.lax.dynamic_update_slice(v, v_BxSxGxK.reshape(g, 1, -1).astype(v.dtype), (0, at, 0))
+    else:
+        n_BxSxG = jnp.broadcast_to((bi * g)[:, :, None] + jnp.arange(g), (*at_BxS.shape, g))
+        at_BxSx1 = at_BxS[:, :, None]
+        # Keys [B*G, K, M]: indices split by a slice, so numpy puts them first: the update is
+        # [B, S, G, K].
+        kt = kt.at[n_BxSxG, :, at_BxSx1].set(k_BxSxGxK.astype(kt.dtype), mode="drop")
+        v = v.at[n_BxSxG, at_BxSx1].set(v_BxSxGxK.astype(v.dtype), mode="drop")
     return cache.replace(k=_put(cache.k, slot, kt), v=_put(cache.v, slot, v),
                          written_LxBxM=cache.written_LxBxM.at[slot, bi, at_BxS].set(ok_BxS, mode="drop"))
 
@@ -137,20 +149,23 @@ def _write_route(cache: KVCache, t: int, at_BxS, layer_BxS) -> KVCache:
         layer_BxS.astype(jnp.int32), mode="drop"))
 
 
-def _mask(written_BxM, qpos_BxQ) -> jax.Array:
+def _mask(written_BxM, qpos_BxQ, *, own: bool = True) -> jax.Array:
     """[B, 1, Q, M]: keys written and not after the query; a query always sees its own position,
-    so no row is all-masked (a valid query's own position is always written)."""
+    so no row is all-masked (a valid query's own position is always written). own=False: keys
+    strictly before the query (its own key and value are attended to separately)."""
     j_M = jnp.arange(written_BxM.shape[1])
+    if not own:
+        return (written_BxM[:, None, :] & (j_M[None, None, :] < qpos_BxQ[:, :, None]))[:, None]
     before = j_M[None, None, :] <= qpos_BxQ[:, :, None]
-    own = j_M[None, None, :] == qpos_BxQ[:, :, None]
-    return ((written_BxM[:, None, :] & before) | own)[:, None]
+    is_own = j_M[None, None, :] == qpos_BxQ[:, :, None]
+    return ((written_BxM[:, None, :] & before) | is_own)[:, None]
 
 
 def _dense_blocks(blocks, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
     """Blocks every token runs (the dense model's, or the radial prefix), slot i for block i."""
     for i, block in enumerate(blocks):
         q, k, v = block.qkv(h_BxSxD, pos_BxS)
-        cache = _write(cache, i, at_BxS, k, v, valid_BxS)
+        cache = _write(cache, i, at_BxS, k, v, valid_BxS, slice_update=True)
         h_BxSxD = block.finish(h_BxSxD, q, *cache.slot(i),
                                _mask(cache.written_LxBxM[i], pos_BxS), from_cache=True)
     return h_BxSxD, cache
@@ -208,7 +223,13 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
 
 
 def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
-    """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch."""
+    """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch.
+
+    Top-1 routing takes one switch per step: the chosen layer computes its query, key and value,
+    attends to the step's cache slot (read inside the switch) plus its own key and value, and
+    finishes; the slot is written after the switch. (Writing before, as the dense blocks do, would
+    make XLA copy the slot into the switch at every step.) Top-k > 1 needs every chosen layer's keys
+    and values before any of them attends (the slot holds their average): two switches per choice."""
     p, r = model.pool_size, model.routing
     pos_1x1 = cache.length_B[:, None]
     valid_1x1 = jnp.ones((1, 1), bool)
@@ -223,8 +244,17 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
         layer = lambda i: nnx.merge(pool_def, weights.pool[i])
         router_weights = lambda t: weights.router[t]
     qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
+    zeros = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)
+
+    def run_layer(i, x, pos, kt_slot, v_slot, mask):  # top-1: (delta, k, v) of layer i
+        block = layer(i)
+        q, k, v = block.qkv(x, pos)
+        return block.finish(x, q, kt_slot, v_slot, mask, from_cache=True, own_kv=(k, v)) - x, k, v
+
+    step_branches = [lambda *a, i=i: run_layer(i, *a) for i in range(p)] + [
+        lambda x, *a: (jnp.zeros_like(x), *zeros()[1:])]
     qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
-        lambda x, pos: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)]
+        lambda x, pos: zeros()]
     delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, from_cache=True) - x
                       for i in range(p)] + [
         lambda x, *a: jnp.zeros_like(x)]
@@ -247,29 +277,36 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
             gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0],
                                                                                   r.gate)
         kept_K = choice_K < p  # one token per sequence: every layer it picks has room
-        qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
-               for j in range(choice_K.shape[0])]
-        if len(qkv) == 1:  # top-1: a skip's branch gives zeros already; nothing to average
-            k_1x1xGxK, v_1x1xGxK = qkv[0][1], qkv[0][2]
-            done = kept_K[None]
-            first = choice_K[None]
+        if choice_K.shape[0] == 1:
+            # A skip's branch gives zeros, so neither its gate nor its keys need masking.
+            mask = _mask(cache.written_LxBxM[slot], pos_1x1, own=False)
+            delta, k_1x1xGxK, v_1x1xGxK = jax.lax.switch(
+                choice_K[0], step_branches, h_1x1xD, pos_1x1, *cache.slot(slot), mask)
+            k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, kept_K[None], carry,
+                                                         model.kv_skip)
+            cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok, slice_update=True)
+            cache = _write_route(cache, t, pos_1x1, choice_K[None])
+            h_1x1xD = h_1x1xD + delta * gate_K[0].astype(h_1x1xD.dtype)
         else:
+            qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
+                   for j in range(choice_K.shape[0])]
             n = kept_K.sum()
             scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
             k_1x1xGxK = sum(kv[1] for kv in qkv) * scale
             v_1x1xGxK = sum(kv[2] for kv in qkv) * scale
             done = jnp.reshape(n > 0, (1, 1))
-            first = jnp.reshape(jnp.where(kept_K, choice_K, p).min(), (1, 1))
+            k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, done, carry,
+                                                         model.kv_skip)
+            cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
+            first = jnp.where(kept_K, choice_K, p).min()
+            cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
+            mask = _mask(cache.written_LxBxM[slot], pos_1x1)
+            k_slot, v_slot = cache.slot(slot)
             gate_K = gate_K * kept_K
-        k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, done, carry, model.kv_skip)
-        cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
-        cache = _write_route(cache, t, pos_1x1, first)
-        mask = _mask(cache.written_LxBxM[slot], pos_1x1)
-        k_slot, v_slot = cache.slot(slot)
-        # A skipped choice's branch returns a zero delta, so its gate needs no masking.
-        deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot, mask)
-                  * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
-        h_1x1xD = h_1x1xD + sum(deltas)
+            deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot,
+                                     mask) * gate_K[j].astype(h_1x1xD.dtype)
+                      for j in range(choice_K.shape[0])]
+            h_1x1xD = h_1x1xD + sum(deltas)
         hist = hist.update(choice_K[None, None], kept_K[None, None], p)
     cache = cache.replace(length_B=cache.length_B + 1)
     return model.embedder.decode(h_1x1xD)[:, 0], cache

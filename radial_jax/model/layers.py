@@ -88,22 +88,36 @@ def attention_mask(q_seg_BxS: jax.Array, q_idx_BxS: jax.Array, kv_seg_BxT: jax.A
 
 
 def grouped_attention(q_BxSxHxK: jax.Array, kt_BxGxKxT: jax.Array, v_BxGxTxK: jax.Array,
-                      mask_Bx1xSxT: jax.Array) -> jax.Array:
+                      mask_Bx1xSxT: jax.Array, own_kv: tuple | None = None) -> jax.Array:
     """Softmax attention [B, S, H, K] over the KV cache's layout: keys transposed, [B, G, K, T], and
     values [B, G, T, K]. Both matmuls are then plain [Q, K] x [K, T] and [Q, T] x [T, K] products
     that read the cache where it lies, and the softmax runs along the minor axis; with [B, T, G, K]
     keys XLA transposes the whole cache slot at every layer and decode step (see model/kv_cache.py).
 
-    Query head h reads key/value head h // (H / G), as in jax.nn.dot_product_attention. Every query
-    row must see at least one key."""
+    own_kv: each query's own key and value ([B, S, G, K] each), not yet in the cache: every query
+    also attends to its own, so the cache can be written after it is read (the batch-1 routed
+    decode step reads a slot inside lax.switch and writes it after). Without own_kv every query row
+    must see at least one key.
+
+    Query head h reads key/value head h // (H / G), as in jax.nn.dot_product_attention."""
     b, s, h, width = q_BxSxHxK.shape
     g = kt_BxGxKxT.shape[1]
     q_BxGxRxSxK = jnp.moveaxis(q_BxSxHxK.reshape(b, s, g, h // g, width), 1, 3)
     scores = jnp.einsum("bgrsk,bgkt->bgrst", q_BxGxRxSxK, kt_BxGxKxT,
                         preferred_element_type=jnp.float32) * (width ** -0.5)
     scores = jnp.where(mask_Bx1xSxT[:, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxGxTxK.dtype)
-    o_BxGxRxSxK = jnp.einsum("bgrst,bgtk->bgrsk", probs, v_BxGxTxK)
+    if own_kv is None:
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_BxGxTxK.dtype)
+        o_BxGxRxSxK = jnp.einsum("bgrst,bgtk->bgrsk", probs, v_BxGxTxK)
+    else:
+        own_k_BxSxGxK, own_v_BxSxGxK = own_kv
+        own = jnp.einsum("bgrsk,bsgk->bgrs", q_BxGxRxSxK, own_k_BxSxGxK.astype(q_BxGxRxSxK.dtype),
+                         preferred_element_type=jnp.float32) * (width ** -0.5)
+        probs = jax.nn.softmax(jnp.concatenate([scores, own[..., None]], axis=-1), axis=-1)
+        probs = probs.astype(v_BxGxTxK.dtype)
+        o_BxGxRxSxK = (jnp.einsum("bgrst,bgtk->bgrsk", probs[..., :-1], v_BxGxTxK)
+                       + probs[..., -1:] * jnp.moveaxis(own_v_BxSxGxK, 1, 2)[:, :, None].astype(
+                           v_BxGxTxK.dtype))
     return jnp.moveaxis(o_BxGxRxSxK, 3, 1).reshape(b, s, h, width)
 
 
@@ -139,12 +153,13 @@ class Attention(nnx.Module):
         return q_BxSxHxK, k_BxSxGxK, v_BxSxGxK
 
     def attend(self, q_BxSxHxK: jax.Array, k: jax.Array, v: jax.Array, mask_Bx1xSxT: jax.Array, *,
-               from_cache: bool = False) -> jax.Array:
+               from_cache: bool = False, own_kv: tuple | None = None) -> jax.Array:
         """Attention output projected back to width D. Keys/values are [B, T, G, K], or with
-        from_cache the KV cache's layout: keys [B, G, K, T], values [B, G, T, K]."""
+        from_cache the KV cache's layout: keys [B, G, K, T], values [B, G, T, K] (own_kv: see
+        grouped_attention)."""
         k, v = k.astype(q_BxSxHxK.dtype), v.astype(q_BxSxHxK.dtype)
         if from_cache:
-            o_BxSxHxK = grouped_attention(q_BxSxHxK, k, v, mask_Bx1xSxT)
+            o_BxSxHxK = grouped_attention(q_BxSxHxK, k, v, mask_Bx1xSxT, own_kv)
         else:
             o_BxSxHxK = jax.nn.dot_product_attention(q_BxSxHxK, k, v, mask=mask_Bx1xSxT)
         out_BxSxD = jnp.einsum("bshk,hkd->bsd", o_BxSxHxK, self.wo[...].astype(self.dtype))
@@ -207,19 +222,20 @@ class Block(nnx.Module):
         """Queries, keys and values of this block's attention for tokens x."""
         return self.attn.qkv(self.attn_norm(x_BxSxD), pos_BxS)
 
-    def attn_delta(self, q_BxSxHxK, k, v, mask_Bx1xSxT, *, from_cache: bool = False) -> jax.Array:
+    def attn_delta(self, q_BxSxHxK, k, v, mask_Bx1xSxT, *, from_cache: bool = False,
+                   own_kv: tuple | None = None) -> jax.Array:
         """What attention adds to the residual stream (before the MLP)."""
-        return self.attn.attend(q_BxSxHxK, k, v, mask_Bx1xSxT, from_cache=from_cache)
+        return self.attn.attend(q_BxSxHxK, k, v, mask_Bx1xSxT, from_cache=from_cache, own_kv=own_kv)
 
     def mlp_delta(self, x_BxSxD: jax.Array) -> jax.Array:
         return self.mlp(self.mlp_norm(x_BxSxD))
 
     def finish(self, x_BxSxD, q_BxSxHxK, k, v, mask_Bx1xSxT, *, from_cache: bool = False,
-               ) -> jax.Array:
+               own_kv: tuple | None = None) -> jax.Array:
         """The block's output for tokens x given their queries and the keys/values to attend to
         ([B, T, G, K], or with from_cache the KV cache's layout, see Attention.attend)."""
-        h = x_BxSxD + self.attn_delta(q_BxSxHxK, k, v, mask_Bx1xSxT,
-                                      from_cache=from_cache).astype(x_BxSxD.dtype)
+        h = x_BxSxD + self.attn_delta(q_BxSxHxK, k, v, mask_Bx1xSxT, from_cache=from_cache,
+                                      own_kv=own_kv).astype(x_BxSxD.dtype)
         return h + self.mlp_delta(h).astype(h.dtype)
 
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):
