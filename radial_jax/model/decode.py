@@ -123,8 +123,8 @@ def _write(cache: KVCache, slot: int, at_BxS, k_BxSxGxK, v_BxSxGxK, ok_BxS, *,
         # One position of one sequence: a dynamic-update-slice, cheaper than a scatter, whose update
         # is the new keys/values as they are. Where a scatter would drop an out-of-range position
         # (padding), it writes position M - 1 instead, whose written flag stays as it was: unread
-        # until a real token is stored there. Not for a slot that a lax.switch branch reads: XLA
-        # then copies the updated slot (the in-place test catches it).
+        # until a real token is stored there. Not for a slot that a lax.switch branch reads after
+        # the write: XLA then copies the updated slot (the in-place test catches it).
         at = at_BxS[0, 0]
         kt = jax.lax.dynamic_update_slice(kt, k_BxSxGxK.reshape(g, -1, 1).astype(kt.dtype), (0, 0, at))
         v = jax.lax.dynamic_update_slice(v, v_BxSxGxK.reshape(g, 1, -1).astype(v.dtype), (0, at, 0))
@@ -223,90 +223,97 @@ def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
 
 
 def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
-    """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch.
-
-    Top-1 routing takes one switch per step: the chosen layer computes its query, key and value,
-    attends to the step's cache slot (read inside the switch) plus its own key and value, and
-    finishes; the slot is written after the switch. (Writing before, as the dense blocks do, would
-    make XLA copy the slot into the switch at every step.) Top-k > 1 needs every chosen layer's keys
-    and values before any of them attends (the slot holds their average): two switches per choice."""
-    p, r = model.pool_size, model.routing
+    """One token of one sequence; each step runs only its chosen pool layer(s) via lax.switch."""
+    p = model.pool_size
     pos_1x1 = cache.length_B[:, None]
-    valid_1x1 = jnp.ones((1, 1), bool)
     h_1x1xD = model.embedder.encode(token_1[:, None], pos_1x1)
-    h_1x1xD, cache = _dense_blocks(model.prefix, h_1x1xD, pos_1x1, pos_1x1, valid_1x1, cache)
-
+    h_1x1xD, cache = _dense_blocks(model.prefix, h_1x1xD, pos_1x1, pos_1x1, jnp.ones((1, 1), bool),
+                                   cache)
     pool_def, pool_state = nnx.split(model.pool)
-    if weights is None:
+    if weights is None:  # slices of the stacked arrays, taken inside the branch that uses them
         layer = lambda i: nnx.merge(pool_def, jax.tree.map(lambda w: w[i], pool_state))
         router_weights = model.router.step_weights
     else:
         layer = lambda i: nnx.merge(pool_def, weights.pool[i])
         router_weights = lambda t: weights.router[t]
-    qkv_shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
-    zeros = lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), qkv_shapes)
+    hist, carry = History.empty(1, 1, p), None
+    for t in range(model.steps):
+        choice_K, gate_K = _decide_one(model, t, model.router.apply(h_1x1xD, router_weights(t)), hist)
+        step = _step_top1 if choice_K.shape[0] == 1 else _step_top_k
+        h_1x1xD, cache, carry = step(model, layer, t, h_1x1xD, pos_1x1, cache, carry, choice_K, gate_K)
+        hist = hist.update(choice_K[None, None], (choice_K < p)[None, None], p)
+    cache = cache.replace(length_B=cache.length_B + 1)
+    return model.embedder.decode(h_1x1xD)[:, 0], cache
 
-    def run_layer(i, x, pos, kt_slot, v_slot, mask):  # top-1: (delta, k, v) of layer i
+
+def _decide_one(model, t: int, logits_1x1xR, hist: History):
+    """(choices [K] in [0, P], P = skip; gates [K]) of one token at step t, as training decides."""
+    p, r = model.pool_size, model.routing
+    allowed_1x1xP = allowed_layers(hist, reuse=r.reuse, order=r.order)
+    if r.policy == "token_choice" and r.top_k == 1:
+        choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0],
+                                   model.router.select_bias[t], skip=r.skip)
+        return choice[None], gate_value(prob, r.gate)[None]
+    valid_1x1 = jnp.ones((1, 1), bool)
+    masked, p_skip = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, r.skip)
+    if r.policy == "fixed":
+        dec = fixed_choice(masked, t, p, valid_1x1)
+        return dec.choice_BxSxK[0, 0], dec.gate_BxSxK[0, 0]
+    dec = token_choice(masked, r.top_k, model.router.select_bias[t], p_skip)
+    return dec.choice_BxSxK[0, 0], gate_value(dec.gate_BxSxK[0, 0], r.gate)
+
+
+def _zero_qkv(layer, h_1x1xD, pos_1x1):
+    shapes = jax.eval_shape(lambda x, pos: layer(0).qkv(x, pos), h_1x1xD, pos_1x1)
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+
+def _step_top1(model, layer, t, h_1x1xD, pos_1x1, cache: KVCache, carry, choice_K, gate_K):
+    """One routing step with one choice, in one lax.switch: the chosen layer computes its query,
+    key and value, attends to the step's cache slot (read inside the switch) plus its own key and
+    value, and finishes; the slot is written after the switch. (Written before, as the dense blocks
+    do it, XLA would copy the slot into the switch at every step.) A skip's branch gives zeros, so
+    neither its gate nor its keys need masking."""
+    slot = model.prefix_layers + t
+
+    def run(i, x, pos, kt_slot, v_slot, mask):
         block = layer(i)
         q, k, v = block.qkv(x, pos)
         return block.finish(x, q, kt_slot, v_slot, mask, from_cache=True, own_kv=(k, v)) - x, k, v
 
-    step_branches = [lambda *a, i=i: run_layer(i, *a) for i in range(p)] + [
-        lambda x, *a: (jnp.zeros_like(x), *zeros()[1:])]
-    qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
-        lambda x, pos: zeros()]
-    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, from_cache=True) - x
-                      for i in range(p)] + [
-        lambda x, *a: jnp.zeros_like(x)]
+    branches = [lambda *a, i=i: run(i, *a) for i in range(model.pool_size)] + [
+        lambda x, pos, *_: (jnp.zeros_like(x), *_zero_qkv(layer, x, pos)[1:])]
+    mask = _mask(cache.written_LxBxM[slot], pos_1x1, own=False)
+    delta, k_1x1xGxK, v_1x1xGxK = jax.lax.switch(choice_K[0], branches, h_1x1xD, pos_1x1,
+                                                 *cache.slot(slot), mask)
+    kept = (choice_K < model.pool_size)[None]
+    k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, kept, carry, model.kv_skip)
+    cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok, slice_update=True)
+    cache = _write_route(cache, t, pos_1x1, choice_K[None])
+    return h_1x1xD + delta * gate_K[0].astype(h_1x1xD.dtype), cache, carry
 
-    hist = History.empty(1, 1, p)
-    carry = None
-    for t in range(model.steps):
-        slot = model.prefix_layers + t
-        logits_1x1xR = model.router.apply(h_1x1xD, router_weights(t))
-        allowed_1x1xP = allowed_layers(hist, reuse=r.reuse, order=r.order)
-        if r.policy == "token_choice" and r.top_k == 1:
-            choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0],
-                                       model.router.select_bias[t], skip=r.skip)
-            choice_K, gate_K = choice[None], gate_value(prob, r.gate)[None]
-        else:
-            masked, p_skip = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, r.skip)
-            dec = fixed_choice(masked, t, p, valid_1x1) if r.policy == "fixed" else token_choice(
-                masked, r.top_k, model.router.select_bias[t], p_skip)
-            choice_K = dec.choice_BxSxK[0, 0]
-            gate_K = dec.gate_BxSxK[0, 0] if r.policy == "fixed" else gate_value(dec.gate_BxSxK[0, 0],
-                                                                                  r.gate)
-        kept_K = choice_K < p  # one token per sequence: every layer it picks has room
-        if choice_K.shape[0] == 1:
-            # A skip's branch gives zeros, so neither its gate nor its keys need masking.
-            mask = _mask(cache.written_LxBxM[slot], pos_1x1, own=False)
-            delta, k_1x1xGxK, v_1x1xGxK = jax.lax.switch(
-                choice_K[0], step_branches, h_1x1xD, pos_1x1, *cache.slot(slot), mask)
-            k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, kept_K[None], carry,
-                                                         model.kv_skip)
-            cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok, slice_update=True)
-            cache = _write_route(cache, t, pos_1x1, choice_K[None])
-            h_1x1xD = h_1x1xD + delta * gate_K[0].astype(h_1x1xD.dtype)
-        else:
-            qkv = [jax.lax.switch(choice_K[j], qkv_branches, h_1x1xD, pos_1x1)
-                   for j in range(choice_K.shape[0])]
-            n = kept_K.sum()
-            scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
-            k_1x1xGxK = sum(kv[1] for kv in qkv) * scale
-            v_1x1xGxK = sum(kv[2] for kv in qkv) * scale
-            done = jnp.reshape(n > 0, (1, 1))
-            k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, done, carry,
-                                                         model.kv_skip)
-            cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
-            first = jnp.where(kept_K, choice_K, p).min()
-            cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
-            mask = _mask(cache.written_LxBxM[slot], pos_1x1)
-            k_slot, v_slot = cache.slot(slot)
-            gate_K = gate_K * kept_K
-            deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], k_slot, v_slot,
-                                     mask) * gate_K[j].astype(h_1x1xD.dtype)
-                      for j in range(choice_K.shape[0])]
-            h_1x1xD = h_1x1xD + sum(deltas)
-        hist = hist.update(choice_K[None, None], kept_K[None, None], p)
-    cache = cache.replace(length_B=cache.length_B + 1)
-    return model.embedder.decode(h_1x1xD)[:, 0], cache
+
+def _step_top_k(model, layer, t, h_1x1xD, pos_1x1, cache: KVCache, carry, choice_K, gate_K):
+    """One routing step with K > 1 choices: every chosen layer's keys and values come first (the
+    slot holds their average, which each of them attends to), so two switches per choice."""
+    slot, p = model.prefix_layers + t, model.pool_size
+    qkv_branches = [lambda x, pos, i=i: layer(i).qkv(x, pos) for i in range(p)] + [
+        lambda x, pos: _zero_qkv(layer, x, pos)]
+    delta_branches = [lambda x, *a, i=i: layer(i).finish(x, *a, from_cache=True) - x
+                      for i in range(p)] + [lambda x, *a: jnp.zeros_like(x)]
+    kept_K = choice_K < p
+    qkv = [jax.lax.switch(c, qkv_branches, h_1x1xD, pos_1x1) for c in choice_K]
+    n = kept_K.sum()
+    scale = (1.0 / jnp.maximum(n, 1)).astype(qkv[0][1].dtype)
+    k_1x1xGxK = sum(x[1] for x in qkv) * scale
+    v_1x1xGxK = sum(x[2] for x in qkv) * scale
+    k_1x1xGxK, v_1x1xGxK, kv_ok, carry = kv_slot(k_1x1xGxK, v_1x1xGxK, jnp.reshape(n > 0, (1, 1)),
+                                                 carry, model.kv_skip)
+    cache = _write(cache, slot, pos_1x1, k_1x1xGxK, v_1x1xGxK, kv_ok)
+    first = jnp.where(kept_K, choice_K, p).min()
+    cache = _write_route(cache, t, pos_1x1, jnp.reshape(first, (1, 1)))
+    mask = _mask(cache.written_LxBxM[slot], pos_1x1)
+    gate_K = gate_K * kept_K
+    deltas = [jax.lax.switch(choice_K[j], delta_branches, h_1x1xD, qkv[j][0], *cache.slot(slot), mask)
+              * gate_K[j].astype(h_1x1xD.dtype) for j in range(choice_K.shape[0])]
+    return h_1x1xD + sum(deltas), cache, carry
