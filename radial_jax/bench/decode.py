@@ -84,13 +84,17 @@ class DecodeTimer:
         self.times.append((time.perf_counter() - t0) / self.new_tokens)
 
     def result(self) -> dict:
-        step_s = statistics.median(self.times)
         mean_depth = float(np.mean(np.asarray(jnp.stack(self.depths))))
-        return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
-                "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
-                "mean_active_depth": mean_depth, "max_depth": self.gen.max_depth,
-                "active_fraction": mean_depth / self.gen.dense_depth,
-                "window_ms": [round(1e3 * t, 4) for t in self.times]}
+        return {**_timing(self.times, self.batch), "mean_active_depth": mean_depth,
+                "max_depth": self.gen.max_depth, "active_fraction": mean_depth / self.gen.dense_depth}
+
+
+def _timing(times_s: list[float], batch: int) -> dict:
+    """A timer's per-token figures from its windows' seconds per token."""
+    step_s = statistics.median(times_s)
+    return {"batch": batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(times_s),
+            "ms_max": 1e3 * max(times_s), "tokens_per_s": batch / step_s,
+            "window_ms": [round(1e3 * t, 4) for t in times_s]}
 
 
 class TransformersTimer:
@@ -146,11 +150,8 @@ class TransformersTimer:
         time.sleep(0.05)  # torch's OpenMP threads spin a while after work; not into the next timer
 
     def result(self) -> dict:
-        step_s = statistics.median(self.times)
-        return {"batch": self.batch, "ms_per_token": 1e3 * step_s, "ms_min": 1e3 * min(self.times),
-                "ms_max": 1e3 * max(self.times), "tokens_per_s": self.batch / step_s,
-                "params": sum(p.numel() for p in self.model.parameters()), **self.versions,
-                "torch_threads": self.threads, "window_ms": [round(1e3 * t, 4) for t in self.times]}
+        return {**_timing(self.times, self.batch), **self.versions, "torch_threads": self.threads,
+                "params": sum(p.numel() for p in self.model.parameters())}
 
 
 def _models(configs, overrides, checkpoints):
