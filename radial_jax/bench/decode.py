@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from radial_jax.config import Config, ff_dim, head_dim, load_config
-from radial_jax.generate.sampling import Generator, Sampling
+from radial_jax.generate.sampling import Generator, Sampling, sampling_key
 from radial_jax.model.build import build_model
 from radial_jax.model.kv_cache import init_cache
 
@@ -61,7 +61,7 @@ class DecodeTimer:
         self.params, self.batch, self.new_tokens = params, batch, new_tokens
         self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
         self.i = 0
-        self.key = jax.random.PRNGKey(0)
+        self.key = sampling_key(0)
         self.cache = init_cache(cfg, batch, prompt_len + warmup + windows * new_tokens)
         toks = jnp.asarray(prompts(batch, prompt_len))
         lengths = jnp.full((batch,), prompt_len, jnp.int32)
