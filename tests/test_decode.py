@@ -175,7 +175,8 @@ def test_grouped_attention_matches_jax_attention_on_the_cache_layout():
                                           ([*RADIAL, "model.prefix_layers=1"], 8)])
 def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     """The compiled decode step copies no cache slot (the layout's reason to be: with [L, B, M, G, K]
-    arrays, or a unit batch dimension in front, XLA copied every slot at every layer and token)."""
+    arrays, or a unit batch dimension in front, XLA copied every slot at every layer and token), nor
+    the tied embedding table (contracted as `.T`, XLA copied the transposed table at every token)."""
     import re
 
     cfg = tiny_config(*extra)
@@ -189,4 +190,6 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     copies = [tuple(int(d) for d in m.split(",")) for m in
               re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)]
     assert not [c for c in copies if c in slot_shapes], f"slot copies in the compiled step: {copies}"
+    table = (cfg.model.vocab_size, cfg.model.d_model)
+    assert table not in copies and table[::-1] not in copies, f"embedding table copied: {copies}"
     assert any(str(max_len) in line and "scatter" in line for line in hlo.splitlines())  # it does write

@@ -38,5 +38,8 @@ class Embedder(nnx.Module):
     def decode(self, h_BxSxD: jax.Array) -> jax.Array:
         """Float32 logits [B, S, V]."""
         x = self.final_norm(h_BxSxD).astype(self.dtype)
-        w_DxV = self.embedding[...].T if self.head is None else self.head[...]
-        return jnp.einsum("bsd,dv->bsv", x, w_DxV.astype(self.dtype)).astype(jnp.float32)
+        if self.head is None:  # tied: the table as stored, [V, D] (`.T` made XLA on CPU copy the whole
+            w, spec = self.embedding[...], "bsd,vd->bsv"  # transposed table at every decode step)
+        else:
+            w, spec = self.head[...], "bsd,dv->bsv"
+        return jnp.einsum(spec, x, w.astype(self.dtype)).astype(jnp.float32)
