@@ -92,6 +92,17 @@ def _cmd_bench(args) -> int:
         run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
                    windows=args.windows)
         return 0
+    if args.what == "decode-variants":
+        from radial_jax.bench.decode_variants import run as run_variants
+
+        if args.windows < 1:
+            raise SystemExit(f"--windows must be >= 1, got {args.windows}")
+        if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
+            raise SystemExit("decode-variants times one radial model: give one --checkpoint RUN_DIR or "
+                             "one --configs CONFIG")
+        run_variants((args.checkpoint or [None])[0], (args.configs or [None])[0], args.overrides,
+                     args.out, windows=args.windows)
+        return 0
     if args.what == "train":
         from radial_jax.bench.train_step import DEFAULT_CONFIGS, run
 
@@ -198,14 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     di.set_defaults(fn=_cmd_distill)
 
     b = sub.add_parser("bench", help="benchmarks: `train` (step time of configs side by side), "
-                                     "`decode` (ms per generated token, vs transformers)")
-    b.add_argument("what", choices=["train", "decode"], help="which benchmark")
+                                     "`decode` (ms per generated token, vs transformers), "
+                                     "`decode-variants` (where a radial model's decode time goes)")
+    b.add_argument("what", choices=["train", "decode", "decode-variants"], help="which benchmark")
     b.add_argument("--checkpoint", nargs="+", default=None,
-                   help="decode: trained run directories to time instead of --configs")
+                   help="decode, decode-variants: trained run directories to time instead of --configs")
     b.add_argument("--configs", nargs="+", default=None, help="configs to compare")
     b.add_argument("--out", default=None, help="write the JSON report here")
     b.add_argument("--windows", type=int, default=15,
-                   help="decode: timed windows of 16 tokens per model and batch (more: steadier medians)")
+                   help="decode, decode-variants: timed windows of 16 tokens per model and batch "
+                        "(more: steadier medians)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
 

@@ -51,13 +51,14 @@ def prompts(batch: int, length: int) -> list[list[int]]:
 
 
 class DecodeTimer:
-    """Greedy decoding of one model at one batch size, timed in windows of `new_tokens` steps.
+    """Sampled decoding (temperature 0.8) of one model at one batch size, timed in windows of
+    `new_tokens` steps.
 
     `run` interleaves the windows of all timers, so a change in machine load hits them alike."""
 
     def __init__(self, cfg: Config, graphdef, params, *, batch: int, prompt_len: int, new_tokens: int,
-                 windows: int, switch: bool | None = None, warmup: int = 3):
-        self.gen = Generator(cfg, graphdef, params, switch=switch)
+                 windows: int, switch: bool | None = None, warmup: int = 3, step_weights=None):
+        self.gen = Generator(cfg, graphdef, params, switch=switch, step_weights=step_weights)
         self.params, self.batch, self.new_tokens = params, batch, new_tokens
         self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
         self.i = 0

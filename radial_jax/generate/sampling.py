@@ -83,7 +83,10 @@ class Generator:
     Parameters go to the jitted steps as flat lists of arrays: flattening an nnx.State in Python
     costs tens of microseconds per call, a visible share of a small model's time per token."""
 
-    def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params, *, switch: bool | None = None):
+    def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params, *, switch: bool | None = None,
+                 step_weights=None):
+        """step_weights: the batch-1 path's `decode.StepWeights` (default: `unstack_weights` of
+        params); benchmarks pass altered ones (forced routes, shared pool weights)."""
         m = cfg.model
         self.cfg, self.graphdef, self.params, self.switch = cfg, graphdef, params, switch
         self.n_dense = m.n_layers if m.kind == "dense" else m.prefix_layers
@@ -92,7 +95,8 @@ class Generator:
         # The blocks a dense model of the same parameters runs: what active fractions divide by.
         self.dense_depth = m.n_layers if m.kind == "dense" else m.prefix_layers + m.pool_size
         self._leaves, self._params_def = jax.tree.flatten(params)
-        step_weights = unstack_weights(graphdef, params) if switch is not False else None
+        if step_weights is None and switch is not False:
+            step_weights = unstack_weights(graphdef, params)
         self._step_leaves, self._step_def = jax.tree.flatten(step_weights)
         self._prefill = jax.jit(self._prefill_impl, static_argnames="s", donate_argnames="cache")
         self._step = jax.jit(self._step_impl, static_argnames="s", donate_argnames="cache")
