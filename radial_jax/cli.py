@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 
 from radial_jax.config import ConfigError
 
@@ -83,7 +84,19 @@ def _cmd_distill(args) -> int:
     return 0
 
 
+def _move_overrides(args) -> None:
+    """`--configs a.yaml model.d_model=64` gives both words to --configs (nargs="+"): move the
+    section.key=value ones to the overrides, where they were meant to go."""
+    for name in ("configs", "checkpoint"):
+        items = getattr(args, name)
+        if items:
+            moved = [x for x in items if "=" in x and not Path(x).exists()]
+            setattr(args, name, [x for x in items if x not in moved] or None)
+            args.overrides = [*args.overrides, *moved]
+
+
 def _cmd_bench(args) -> int:
+    _move_overrides(args)
     if args.what == "decode":
         from radial_jax.bench.decode import run as run_decode
 

@@ -172,3 +172,6 @@ def test_decode_variants_needs_one_radial_model():
         main(["bench", "decode-variants", "--configs", "configs/tiny.yaml"])
     with pytest.raises(SystemExit, match="one radial model"):
         main(["bench", "decode-variants", "--configs", "configs/tiny.yaml", "configs/radial_tiny.yaml"])
+    # an override after --configs is an override, not a second config
+    with pytest.raises(SystemExit, match="model.kind=dense"):
+        main(["bench", "decode-variants", "--configs", "configs/tiny.yaml", "model.d_model=32"])
