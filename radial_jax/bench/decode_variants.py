@@ -53,15 +53,16 @@ def share_pool(weights: StepWeights) -> StepWeights:
 def variants(cfg: Config, weights: StepWeights) -> list[tuple[str, StepWeights]]:
     """(name, step weights) of each variant to time, as-routed first."""
     m, p = cfg.model, cfg.model.pool_size
-    routes = [("as routed", weights),
-              ("layer 0 at every step", force_routes(weights, [0] * m.steps)),
-              ("layer t mod P at step t", force_routes(weights, [t % p for t in range(m.steps)]))]
+    # (name, weights, whether its routes reach more than one pool layer: then a shared-weight twin)
+    routes = [("as routed", weights, True),
+              ("layer 0 at every step", force_routes(weights, [0] * m.steps), False),
+              ("layer t mod P at step t", force_routes(weights, [t % p for t in range(m.steps)]), True)]
     if cfg.routing.skip != "forbid":
-        routes.append(("skip at every step", force_routes(weights, [p] * m.steps)))
+        routes.append(("skip at every step", force_routes(weights, [p] * m.steps), False))
     out = []
-    for i, (name, w) in enumerate(routes):
+    for name, w, several in routes:
         out.append((name, w))
-        if i in (0, 2):  # the variants whose routes reach more than one pool layer
+        if several:
             out.append((f"{name}, shared weights", share_pool(w)))
     return out
 
