@@ -97,19 +97,17 @@ def _move_overrides(args) -> None:
 
 def _cmd_bench(args) -> int:
     _move_overrides(args)
+    if args.windows < 1:
+        raise SystemExit(f"--windows must be >= 1, got {args.windows}")
     if args.what == "decode":
         from radial_jax.bench.decode import run as run_decode
 
-        if args.windows < 1:
-            raise SystemExit(f"--windows must be >= 1, got {args.windows}")
         run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
                    windows=args.windows)
         return 0
     if args.what == "decode-variants":
         from radial_jax.bench.decode_variants import run as run_variants
 
-        if args.windows < 1:
-            raise SystemExit(f"--windows must be >= 1, got {args.windows}")
         if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
             raise SystemExit("decode-variants times one radial model: give one --checkpoint RUN_DIR or "
                              "one --configs CONFIG")

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from radial_jax.bench.decode import DecodeTimer, _paired_ratio
-from radial_jax.config import Config, load_config
+from radial_jax.bench.decode import DecodeTimer, _models, _paired_ratio
+from radial_jax.config import Config
 from radial_jax.model.build import build_model
 from radial_jax.model.decode import StepWeights, unstack_weights
 
@@ -68,15 +68,11 @@ def variants(cfg: Config, weights: StepWeights) -> list[tuple[str, StepWeights]]
 
 
 def _model(checkpoint: str | None, config: str | None, overrides) -> tuple[str, Config, object, object]:
-    if checkpoint:
-        from radial_jax.train.checkpoint import load_trained
-
-        cfg, graphdef, params, step = load_trained(checkpoint, list(overrides))
-        name = f"{Path(checkpoint).name}@{step}"
-    else:
-        cfg = load_config(config, list(overrides))
-        graphdef, params = nnx.split(build_model(cfg), nnx.Param)
-        name = f"{Path(config).stem} (random weights)"
+    """(name, cfg, graphdef, params) of the one radial model to time; refuses what it cannot force."""
+    name, cfg, graphdef, params = next(_models([config] if config else None, overrides,
+                                               [checkpoint] if checkpoint else None))
+    if not checkpoint:
+        name += " (random weights)"
     r = cfg.routing
     if cfg.model.kind != "radial":
         raise SystemExit(f"decode-variants times a radial model; {checkpoint or config} has model.kind="
