@@ -64,7 +64,7 @@ def _cmd_generate(args) -> int:
 
     run_generate(args.checkpoint, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, show_depth=args.show_depth,
-                 step=args.step, overrides=args.overrides)
+                 step=args.step, burst=args.burst, overrides=args.overrides)
     return 0
 
 
@@ -99,11 +99,13 @@ def _cmd_bench(args) -> int:
     _move_overrides(args)
     if args.windows < 1:
         raise SystemExit(f"--windows must be >= 1, got {args.windows}")
+    if args.burst not in (1, 2, 4, 8, 16):  # a window is 16 tokens: a whole number of bursts
+        raise SystemExit(f"--burst must be 1, 2, 4, 8 or 16 (a window is 16 tokens), got {args.burst}")
     if args.what == "decode":
         from radial_jax.bench.decode import run as run_decode
 
         run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
-                   windows=args.windows)
+                   windows=args.windows, burst=args.burst)
         return 0
     if args.what == "decode-variants":
         from radial_jax.bench.decode_variants import run as run_variants
@@ -112,7 +114,7 @@ def _cmd_bench(args) -> int:
             raise SystemExit("decode-variants times one radial model: give one --checkpoint RUN_DIR or "
                              "one --configs CONFIG")
         run_variants((args.checkpoint or [None])[0], (args.configs or [None])[0], args.overrides,
-                     args.out, windows=args.windows)
+                     args.out, windows=args.windows, burst=args.burst)
         return 0
     if args.what == "train":
         from radial_jax.bench.train_step import DEFAULT_CONFIGS, run
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--show-depth", action="store_true",
                    help="print, per generated token, how many blocks it used")
     g.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    g.add_argument("--burst", type=int, default=8,
+                   help="tokens decoded per jitted call, streamed together (default 8; 1: one call, "
+                        "dispatch and readback per token)")
     g.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
     g.set_defaults(fn=_cmd_generate)
 
@@ -230,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--windows", type=int, default=15,
                    help="decode, decode-variants: timed windows of 16 tokens per model and batch "
                         "(more: steadier medians)")
+    b.add_argument("--burst", type=int, default=8,
+                   help="decode, decode-variants: tokens per jitted call (default 8, as `radial generate` "
+                        "makes them; 1: one call per token, each paying dispatch and readback)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
 

@@ -25,7 +25,7 @@ PROMPTS = [[256, 72, 101, 108, 108, 111], [256, 100], [256, 1, 2, 3, 4, 5, 6, 7,
 def radial():
     cfg = tiny_config(*RADIAL)
     graphdef, params = nnx.split(build_model(cfg), nnx.Param)
-    return cfg, graphdef, params, Generator(cfg, graphdef, params)
+    return cfg, graphdef, params, Generator(cfg, graphdef, params, burst=4)  # tails and EOS mid-burst
 
 
 def test_greedy_is_deterministic_and_follows_the_full_forward(radial):
@@ -61,6 +61,45 @@ def test_sampling_repeats_under_a_seed_and_differs_across_seeds(radial):
     c = gen.generate(PROMPTS, max_tokens=12, sampling=rule, seed=2)
     assert a.tokens == b.tokens
     assert a.tokens != c.tokens
+
+
+@pytest.mark.parametrize("kind", ["radial", "dense"])
+def test_bursts_decode_what_single_steps_decode(radial, kind):
+    """Several tokens per jitted call (a lax.scan of the step) draw the same tokens at the same depths
+    as one call per token, over a burst, the single steps of the tail, and a batch."""
+    cfg, graphdef, params, _ = radial
+    if kind == "dense":
+        cfg = tiny_config()
+        graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    rule = Sampling(temperature=1.0, top_k=50)
+    for prompts in (PROMPTS[:1], PROMPTS):  # batch 1 (radial: the lax.switch path) and batched
+        one = Generator(cfg, graphdef, params, burst=1).generate(prompts, max_tokens=11, sampling=rule,
+                                                                  seed=5)
+        four = Generator(cfg, graphdef, params, burst=4).generate(prompts, max_tokens=11, sampling=rule,
+                                                                   seed=5)
+        assert four.tokens == one.tokens and four.depth == one.depth  # 1 + 2 bursts of 4 + 2 single
+        assert all(len(t) == 11 for t in one.tokens)
+    with pytest.raises(ValueError, match="burst must be >= 1"):
+        Generator(cfg, graphdef, params, burst=0)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_burst_updates_the_cache_in_place(radial, batch):
+    """The scanned burst carries the cache through a loop without copying any slot (a copy per step
+    would cost more than the dispatch the burst saves)."""
+    import re
+
+    from radial_jax.generate.sampling import sampling_key
+    from radial_jax.model.kv_cache import init_cache
+
+    cfg, graphdef, params, gen = radial
+    cache = init_cache(cfg, batch, 37)
+    hlo = gen._steps.lower(gen._leaves, gen._step_leaves, jnp.zeros((batch,), jnp.int32), cache,
+                           sampling_key(0), 1, n=4, s=Sampling(0.8)).compile().as_text()
+    assert re.search(r" while\(", hlo)  # a loop, not 4 unrolled steps
+    copies = re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)
+    slots = {",".join(map(str, x.shape)) for x in (*cache.k, *cache.v)}
+    assert not [c for c in copies if c in slots], f"slot copies in the burst: {copies}"
 
 
 def test_eos_stops_a_sequence(radial):
@@ -117,6 +156,8 @@ def test_generate_command_prints_text_from_a_trained_checkpoint(tmp_path, corpus
     assert capsys.readouterr().out == out  # same seed, same text
     assert main([*args, "--top-p", "0"]) == 2
     assert "error: sampling needs" in capsys.readouterr().err
+    assert main([*args, "--burst", "0"]) == 2
+    assert "--burst must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -126,7 +167,7 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
     out = tmp_path / "decode.json"
     small = ["model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64"]
     report = run(["configs/radial_tiny.yaml", "configs/tiny.yaml"], small, str(out), prompt_len=8,
-                 new_tokens=2, windows=2, hf_tokens=3)
+                 new_tokens=2, windows=2, burst=2, hf_tokens=3)
     rows = report["results"]
     threads = sorted({1, len(os.sched_getaffinity(0))})
     assert [(r["kind"], r["batch"], r["path"]) for r in rows] == [
@@ -143,6 +184,7 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
     radial, dense = rows[0]["window_ms"], rows[3]["window_ms"]
     assert paired == pytest.approx(np.median([radial[0] / dense[0], radial[1] / dense[1]]))
     assert out.is_file() and "| radial_tiny |" in capsys.readouterr().out
+    assert report["burst"] == 2
 
 
 def test_decode_variants_force_routes_and_share_weights(tmp_path, capsys):
@@ -153,7 +195,7 @@ def test_decode_variants_force_routes_and_share_weights(tmp_path, capsys):
     small = ["model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64"]
     out = tmp_path / "variants.json"
     report = run(config="configs/ablations/skip_learned.yaml", overrides=small, out=str(out),
-                 prompt_len=8, new_tokens=3, windows=2)
+                 prompt_len=8, new_tokens=3, windows=2, burst=1)
     depth = {r["model"].split(": ")[-1]: r["mean_active_depth"] for r in report["results"]}
     # radial_tiny's shape: 1 prefix block, a pool of 3, 2 routing steps
     assert [depth[f"dense, {n} block{'s' * (n > 1)}"] for n in (1, 2, 3, 4)] == [1, 2, 3, 4]
@@ -175,3 +217,5 @@ def test_decode_variants_needs_one_radial_model():
     # an override after --configs is an override, not a second config
     with pytest.raises(SystemExit, match="model.kind=dense"):
         main(["bench", "decode-variants", "--configs", "configs/tiny.yaml", "model.d_model=32"])
+    with pytest.raises(SystemExit, match="--burst must be 1, 2, 4, 8 or 16"):
+        main(["bench", "decode", "--burst", "3"])

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from radial_jax.config import Config, ff_dim, head_dim, load_config
-from radial_jax.generate.sampling import Generator, Sampling, sampling_key
+from radial_jax.generate.sampling import DEFAULT_BURST, Generator, Sampling, sampling_key
 from radial_jax.model.build import build_model
 from radial_jax.model.kv_cache import init_cache
 
@@ -52,36 +52,41 @@ def prompts(batch: int, length: int) -> list[list[int]]:
 
 class DecodeTimer:
     """Sampled decoding (temperature 0.8) of one model at one batch size, timed in windows of
-    `new_tokens` steps.
+    `new_tokens` steps, `burst` steps per jitted call (`Generator.steps`) as `radial generate` makes
+    them; the host reads each call's tokens back, as generation does for streaming and EOS.
 
     `run` interleaves the windows of all timers, so a change in machine load hits them alike."""
 
     def __init__(self, cfg: Config, graphdef, params, *, batch: int, prompt_len: int, new_tokens: int,
-                 windows: int, switch: bool | None = None, warmup: int = 3, step_weights=None):
-        self.gen = Generator(cfg, graphdef, params, switch=switch, step_weights=step_weights)
-        self.params, self.batch, self.new_tokens = params, batch, new_tokens
+                 windows: int, switch: bool | None = None, warmup: int = 3, step_weights=None,
+                 burst: int = DEFAULT_BURST):
+        if new_tokens % burst:
+            raise ValueError(f"a window's {new_tokens} tokens must be a whole number of bursts of {burst}")
+        self.gen = Generator(cfg, graphdef, params, switch=switch, step_weights=step_weights, burst=burst)
+        self.params, self.batch, self.new_tokens, self.burst = params, batch, new_tokens, burst
         self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
         self.i = 0
         self.key = sampling_key(0)
-        self.cache = init_cache(cfg, batch, prompt_len + warmup + windows * new_tokens)
+        self.cache = init_cache(cfg, batch, prompt_len + warmup * burst + windows * new_tokens)
         toks = jnp.asarray(prompts(batch, prompt_len))
         lengths = jnp.full((batch,), prompt_len, jnp.int32)
         self.token, _, self.cache = self.gen.prefill(toks, lengths, self.cache, self.key, self.rule)
         self.times: list[float] = []
         self.depths: list = []
         for _ in range(warmup):  # compiles the step
-            self._step()
+            self._burst()
 
-    def _step(self):
-        self.i += 1
-        self.token, depth, self.cache = self.gen.step(self.token, self.cache, self.key, self.i, self.rule)
-        np.asarray(self.token)  # as generation does: the host reads each token (streaming, EOS)
-        return depth
+    def _burst(self):
+        self.i += self.burst
+        self.token, tokens_NxB, depth_NxB, self.cache = self.gen.steps(
+            self.token, self.cache, self.key, self.i, self.burst, self.rule)
+        np.asarray(tokens_NxB)
+        return depth_NxB
 
     def window(self) -> None:
         t0 = time.perf_counter()
-        for _ in range(self.new_tokens):
-            self.depths.append(self._step())
+        for _ in range(self.new_tokens // self.burst):
+            self.depths.append(self._burst())
         self.times.append((time.perf_counter() - t0) / self.new_tokens)
 
     def result(self) -> dict:
@@ -173,7 +178,8 @@ def _models(configs, overrides, checkpoints):
 
 
 def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None, prompt_len: int = 64,
-        new_tokens: int = 16, windows: int = 15, transformers: bool = True, hf_tokens: int = 64) -> dict:
+        new_tokens: int = 16, windows: int = 15, burst: int = DEFAULT_BURST, transformers: bool = True,
+        hf_tokens: int = 64) -> dict:
     timers, dense_cfg = [], None
     for name, cfg, graphdef, params in _models(configs, overrides, checkpoints):
         n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -186,7 +192,8 @@ def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None,
                                                          else "batched")
             row = {"model": name, "kind": kind, "params": n_params, "path": path}
             timers.append((row, DecodeTimer(cfg, graphdef, params, batch=batch, prompt_len=prompt_len,
-                                            new_tokens=new_tokens, windows=windows, switch=switch)))
+                                            new_tokens=new_tokens, windows=windows, switch=switch,
+                                            burst=burst)))
         if kind == "dense" and dense_cfg is None:
             dense_cfg = cfg
     if transformers and dense_cfg is not None and TransformersTimer.available():
@@ -206,7 +213,7 @@ def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None,
     report = {"benchmark": "decode", "device": str(jax.devices()[0].device_kind),
               "platform": platform.processor() or platform.machine(), "cpu_count": _cpus(),
               "jax": jax.__version__, "prompt_len": prompt_len, "new_tokens": new_tokens,
-              "windows": windows, "results": rows, **_ratios(rows)}
+              "burst": burst, "windows": windows, "results": rows, **_ratios(rows)}
     print(format_table(report))
     if out:
         Path(out).write_text(json.dumps(report, indent=2))

@@ -28,6 +28,7 @@ from flax import nnx
 
 from radial_jax.bench.decode import DecodeTimer, _models, _paired_ratio
 from radial_jax.config import Config
+from radial_jax.generate.sampling import DEFAULT_BURST
 from radial_jax.model.build import build_model
 from radial_jax.model.decode import StepWeights, unstack_weights
 
@@ -84,13 +85,13 @@ def _model(checkpoint: str | None, config: str | None, overrides) -> tuple[str, 
 
 
 def run(checkpoint: str | None = None, config: str | None = None, overrides=(), out: str | None = None, *,
-        prompt_len: int = 64, new_tokens: int = 16, windows: int = 15) -> dict:
+        prompt_len: int = 64, new_tokens: int = 16, windows: int = 15, burst: int = DEFAULT_BURST) -> dict:
     name, cfg, graphdef, params = _model(checkpoint, config, overrides)
     m = cfg.model
 
     def timer(c, g, p, step_weights=None):
         return DecodeTimer(c, g, p, batch=1, prompt_len=prompt_len, new_tokens=new_tokens,
-                           windows=windows, step_weights=step_weights)
+                           windows=windows, step_weights=step_weights, burst=burst)
 
     timers = []
     for n in range(1, m.prefix_layers + m.pool_size + 1):
@@ -113,7 +114,7 @@ def run(checkpoint: str | None = None, config: str | None = None, overrides=(), 
                      "over_dense_paired": _paired_ratio(t.times, dense.times),
                      "over_dense": statistics.median(t.times) / statistics.median(dense.times)})
     report = {"benchmark": "decode-variants", "model": name, "prompt_len": prompt_len,
-              "new_tokens": new_tokens, "windows": windows, "results": rows}
+              "new_tokens": new_tokens, "burst": burst, "windows": windows, "results": rows}
     print(format_table(report))
     if out:
         Path(out).write_text(json.dumps(report, indent=2))

@@ -28,7 +28,7 @@ def format_depths(pieces: list[str], depths: list[int], max_depth: int, width: i
 
 def run_generate(checkpoint: str, prompt: str, *, max_tokens: int = 200, temperature: float = 0.8,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, show_depth: bool = False,
-                 step: int | None = None, overrides: list[str] | tuple = (),
+                 step: int | None = None, burst: int = 8, overrides: list[str] | tuple = (),
                  out: TextIO | None = None) -> int:
     """Print the prompt, then its continuation as it is sampled; with show_depth, the blocks each
     generated token cost. Returns the number of tokens generated."""
@@ -42,9 +42,11 @@ def run_generate(checkpoint: str, prompt: str, *, max_tokens: int = 200, tempera
         raise ConfigError(str(e)) from None
     if max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if burst < 1:
+        raise ConfigError(f"--burst must be >= 1 tokens per call, got {burst}")
     cfg, graphdef, params, _ = load_trained(checkpoint, overrides, step)
     tok = get_tokenizer(cfg.data.tokenizer)
-    gen = Generator(cfg, graphdef, params)
+    gen = Generator(cfg, graphdef, params, burst=burst)
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces: list[str] = []
 

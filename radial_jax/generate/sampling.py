@@ -3,9 +3,11 @@
 Shape letters: B batch (prompts), S prompt length (padded), V vocabulary.
 
 `sample_logits` is the rule (greedy, temperature, top-k, top-p); `generate` is the loop: one
-prefill of all prompts (ragged lengths), then one jitted decode-and-sample call per token, stopping
-each prompt at EOS or after max_tokens. Randomness comes only from the seed: token i of a run draws
-with `fold_in(sampling_key(seed), i)`, so a seed repeats its output exactly.
+prefill of all prompts (ragged lengths), then jitted decode-and-sample calls of `burst` tokens each
+(a lax.scan over the step: one dispatch and one host readback per burst instead of per token), then
+single steps for the tail, stopping each prompt at EOS or after max_tokens. Randomness comes only
+from the seed: token i of a run draws with `fold_in(sampling_key(seed), i)`, so a seed repeats its
+output exactly, whatever the burst.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class Generation:
     stop: list[str] = field(default_factory=list)  # "eos" or "max_tokens"
 
 
+DEFAULT_BURST = 8
+
+
 class Generator:
     """Jitted prefill and decode-and-sample steps for one model (compiled once per shape/rule).
 
@@ -84,11 +89,18 @@ class Generator:
     costs tens of microseconds per call, a visible share of a small model's time per token."""
 
     def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params, *, switch: bool | None = None,
-                 step_weights=None):
+                 step_weights=None, burst: int = DEFAULT_BURST):
         """step_weights: the batch-1 path's `decode.StepWeights` (default: `unstack_weights` of
-        params); benchmarks pass altered ones (forced routes, shared pool weights)."""
+        params); benchmarks pass altered ones (forced routes, shared pool weights).
+        burst: tokens `generate` decodes per jitted call. Each call costs a dispatch and a readback
+        (~0.07 ms on a 2-core CPU, a tenth of a small model's step; more on a GPU), paid once per
+        burst; `on_token` then streams the burst's tokens at once, and the tokens a burst makes
+        after a sequence's EOS are computed and dropped."""
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1 tokens per call, got {burst}")
         m = cfg.model
         self.cfg, self.graphdef, self.params, self.switch = cfg, graphdef, params, switch
+        self.burst = burst
         self.n_dense = m.n_layers if m.kind == "dense" else m.prefix_layers
         self.pool_size = m.pool_size
         self.max_depth = m.n_layers if m.kind == "dense" else m.prefix_layers + m.steps
@@ -99,15 +111,17 @@ class Generator:
             step_weights = unstack_weights(graphdef, params)
         self._step_leaves, self._step_def = jax.tree.flatten(step_weights)
         self._prefill = jax.jit(self._prefill_impl, static_argnames="s", donate_argnames="cache")
-        self._step = jax.jit(self._step_impl, static_argnames="s", donate_argnames="cache")
+        self._steps = jax.jit(self._steps_impl, static_argnames=("n", "s"), donate_argnames="cache")
 
     def prefill(self, tokens_BxS, lengths_B, cache: KVCache, key, s: Sampling):
         """(first new token [B], blocks it took [B], cache) after prefilling the prompts."""
         return self._prefill(self._leaves, tokens_BxS, lengths_B, cache, key, s=s)
 
-    def step(self, token_B, cache: KVCache, key, i: int, s: Sampling):
-        """(next token [B], blocks run on token_B [B], cache); draws with fold_in(key, i)."""
-        return self._step(self._leaves, self._step_leaves, token_B, cache, key, i, s=s)
+    def steps(self, token_B, cache: KVCache, key, i: int, n: int, s: Sampling):
+        """n decode steps in one call, from token_B: (the last new token [B], the n new tokens [n, B],
+        blocks each step ran [n, B], cache). Step j draws with fold_in(key, i + j), so a burst draws
+        what single steps do. The last token comes apart so the next call takes it as it lies."""
+        return self._steps(self._leaves, self._step_leaves, token_B, cache, key, i, n=n, s=s)
 
     def _prefill_impl(self, leaves, tokens_BxS, lengths_B, cache, key, s: Sampling):
         params = jax.tree.unflatten(self._params_def, leaves)
@@ -117,14 +131,26 @@ class Generator:
         return (sample_logits(logits_BxV, key, s), depth_at(cache, last_B, self.n_dense, self.pool_size),
                 cache)
 
-    def _step_impl(self, leaves, step_leaves, token_B, cache, key, i, s: Sampling):
+    def _steps_impl(self, leaves, step_leaves, token_B, cache, key, i, n: int, s: Sampling):
         params = jax.tree.unflatten(self._params_def, leaves)
         step_weights = jax.tree.unflatten(self._step_def, step_leaves)
-        key = jax.random.fold_in(key, i)  # in the jitted step: no extra dispatch per token
-        logits_BxV, cache = decode_step(self.graphdef, params, token_B, cache, switch=self.switch,
-                                        step_weights=step_weights)
-        depth_B = depth_at(cache, cache.length_B - 1, self.n_dense, self.pool_size)
-        return sample_logits(logits_BxV, key, s), depth_B, cache
+
+        def step(token_B, cache, i):
+            logits_BxV, cache = decode_step(self.graphdef, params, token_B, cache, switch=self.switch,
+                                            step_weights=step_weights)
+            depth_B = depth_at(cache, cache.length_B - 1, self.n_dense, self.pool_size)
+            return sample_logits(logits_BxV, jax.random.fold_in(key, i), s), depth_B, cache
+
+        if n == 1:  # no loop around a single step
+            token_B, depth_B, cache = step(token_B, cache, i)
+            return token_B, token_B[None], depth_B[None], cache
+
+        def body(carry, i):
+            token_B, depth_B, cache = step(*carry, i)
+            return (token_B, cache), (token_B, depth_B)
+
+        (token_B, cache), (token_NxB, depth_NxB) = jax.lax.scan(body, (token_B, cache), i + jnp.arange(n))
+        return token_B, token_NxB, depth_NxB, cache
 
     def generate(self, prompts: Sequence[Sequence[int]], *, max_tokens: int, sampling: Sampling = Sampling(),
                  seed: int = 0, eos_id: int | None = None,
@@ -150,23 +176,26 @@ class Generator:
         done = np.zeros(b, bool)
         token_B, depth_B, cache = self.prefill(jnp.asarray(tokens), jnp.asarray(lengths), cache,
                                                jax.random.fold_in(key, 0), sampling)
-        length = lengths.copy()
-        for i in range(max_tokens):
-            tok, dep = np.asarray(token_B), np.asarray(depth_B)
-            for r in np.flatnonzero(~done):
-                if on_token is not None:
-                    on_token(int(r), int(tok[r]), int(dep[r]))
-                if eos_id is not None and tok[r] == eos_id:
-                    done[r], out.stop[r] = True, "eos"
-                else:
-                    out.tokens[r].append(int(tok[r]))
-                    out.depth[r].append(int(dep[r]))
-            if done.all() or i == max_tokens - 1:
-                break
-            check_room(cache, 1, length=length)
-            token_B, depth_B, cache = self.step(token_B, cache, key, i + 1, sampling)
-            length += 1
-        return out
+        new_NxB, depth_NxB = np.asarray(token_B)[None], np.asarray(depth_B)[None]  # on the host
+        made, length = 0, lengths.copy()  # tokens made so far; positions in the cache
+        while True:
+            for tok, dep in zip(new_NxB, depth_NxB, strict=True):
+                for r in np.flatnonzero(~done):
+                    if on_token is not None:
+                        on_token(int(r), int(tok[r]), int(dep[r]))
+                    if eos_id is not None and tok[r] == eos_id:
+                        done[r], out.stop[r] = True, "eos"
+                    else:
+                        out.tokens[r].append(int(tok[r]))
+                        out.depth[r].append(int(dep[r]))
+                made += 1
+                if done.all() or made == max_tokens:
+                    return out
+            n = self.burst if max_tokens - made >= self.burst else 1  # two compiled programs at most
+            check_room(cache, n, length=length)
+            token_B, new_NxB, depth_NxB, cache = self.steps(token_B, cache, key, made, n, sampling)
+            new_NxB, depth_NxB = np.asarray(new_NxB), np.asarray(depth_NxB)
+            length += n
 
 
 def generate(cfg: Config, graphdef: nnx.GraphDef, params, prompts: Sequence[Sequence[int]], *,
