@@ -2,17 +2,19 @@
 
 For each model (default: configs/radial_tiny.yaml and configs/tiny.yaml with random weights, or
 trained run directories) it prefills a prompt of Python source (the corpus's style), then times
-sampled decoding (temperature 0.8, seeded) the way `radial generate` runs it: one jitted
-decode-and-sample call per token and the token read back on the host. Windows of all models are
-interleaved, so changes in machine load hit them alike; the table gives the median and the best
-window, and radial/dense also paired by round (the median of per-round ratios, which cancels the
-machine's drift between rounds); the JSON keeps every window's time. Batch 1 (radial: the
+sampled decoding (temperature 0.8, seeded) the way `radial generate` runs it: jitted
+decode-and-sample calls of `burst` tokens (default 8; 1: one call per token), each call's tokens
+read back on the host. Windows of all models are interleaved, so changes in machine load hit them
+alike, and each starts with an untimed burst, so a model is timed with its weights in the caches
+as in continuous generation, not cold from the previous model's window; the table gives the
+median and the best window, and radial/dense also paired by round (the median of per-round ratios,
+which cancels the machine's drift between rounds); the JSON keeps every window's time. Batch 1 (radial: the
 lax.switch path, only the chosen layer runs; also the batched path for comparison) and batch 8.
 Reports ms per decode step, tokens/s and the measured mean active depth (blocks run per token).
 Then, if transformers and torch import, a Llama model of the dense config's shape (random weights)
 decoding with `generate()` on the CPU: its per-token time is (t(N new tokens) - t(1 new token))
 / (N - 1), so prefill is excluded as for ours. Prints a table and JSON; never asserts a time.
-`radial bench decode [--out FILE]`.
+`radial bench decode [--burst N] [--out FILE]`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class DecodeTimer:
         self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
         self.i = 0
         self.key = sampling_key(0)
-        self.cache = init_cache(cfg, batch, prompt_len + warmup * burst + windows * new_tokens)
+        self.cache = init_cache(cfg, batch, prompt_len + (warmup + windows) * burst + windows * new_tokens)
         toks = jnp.asarray(prompts(batch, prompt_len))
         lengths = jnp.full((batch,), prompt_len, jnp.int32)
         self.token, _, self.cache = self.gen.prefill(toks, lengths, self.cache, self.key, self.rule)
@@ -84,6 +86,10 @@ class DecodeTimer:
         return depth_NxB
 
     def window(self) -> None:
+        """One untimed burst (brings this model's weights back into the CPU caches after the other
+        timers' windows: steady-state generation, not the interleaving, is measured), then
+        `new_tokens` timed tokens."""
+        self._burst()
         t0 = time.perf_counter()
         for _ in range(self.new_tokens // self.burst):
             self.depths.append(self._burst())

@@ -54,7 +54,18 @@ def sample_logits(logits_BxV: jax.Array, key: jax.Array, s: Sampling) -> jax.Arr
             keep_BxV &= before_BxV < s.top_p
         threshold_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
         x_BxV = jnp.where(x_BxV >= threshold_Bx1, x_BxV, -jnp.inf)
-    return jax.random.categorical(key, x_BxV, axis=-1).astype(jnp.int32)
+    return _draw(key, x_BxV)
+
+
+def _draw(key: jax.Array, x_BxV: jax.Array) -> jax.Array:
+    """One token per row with probabilities softmax(x), by inverse CDF: one uniform number per row.
+    (`jax.random.categorical` draws a Gumbel per vocabulary entry: on CPU its random bits took 12 us
+    of a 3M model's ~250 us step at 258 tokens, and grow with the vocabulary.) Zero-probability
+    tokens have empty intervals of the CDF, so they are never drawn."""
+    cdf_BxV = jnp.cumsum(jax.nn.softmax(x_BxV, axis=-1), axis=-1)
+    u_Bx1 = jax.random.uniform(key, (x_BxV.shape[0], 1), minval=jnp.finfo(jnp.float32).tiny)
+    # The index of the first CDF entry >= u * total (total ~1, kept exact so u < 1 stays inside).
+    return jnp.sum(cdf_BxV < u_Bx1 * cdf_BxV[:, -1:], axis=-1).astype(jnp.int32)
 
 
 def sampling_key(seed: int) -> jax.Array:
