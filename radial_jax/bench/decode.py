@@ -8,8 +8,9 @@ read back on the host. Windows of all models are interleaved, so changes in mach
 alike, and each starts with an untimed burst, so a model is timed with its weights in the caches
 as in continuous generation, not cold from the previous model's window; the table gives the
 median and the best window, and radial/dense also paired by round (the median of per-round ratios,
-which cancels the machine's drift between rounds); the JSON keeps every window's time. Batch 1 (radial: the
-lax.switch path, only the chosen layer runs; also the batched path for comparison) and batch 8.
+which cancels the machine's drift between rounds); the JSON keeps every window's time. Batch 1
+(radial: the lax.switch path, only the chosen layer runs; also the batched path for comparison)
+and batch 8.
 Reports ms per decode step, tokens/s and the measured mean active depth (blocks run per token).
 Then, if transformers and torch import, a Llama model of the dense config's shape (random weights)
 decoding with `generate()` on the CPU: its per-token time is (t(N new tokens) - t(1 new token))
