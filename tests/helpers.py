@@ -1,6 +1,8 @@
-"""Small shared builders for tests: tiny configs and packed batches."""
+"""Small shared builders for tests: tiny configs, packed batches, copies in compiled HLO."""
 
 from __future__ import annotations
+
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,3 +37,9 @@ def packed_batch(doc_lengths_per_row: list[list[int]], seq_len: int, seed: int =
         "positions": jnp.asarray(pos[:, :-1]), "segment_ids": jnp.asarray(seg[:, :-1]),
         "loss_mask": jnp.asarray((seg[:, :-1] == seg[:, 1:]) & (seg[:, :-1] != 0)),
     }
+
+
+def f32_copies(hlo: str) -> list[tuple[int, ...]]:
+    """Shapes of the float32 arrays a compiled program's HLO text copies."""
+    found = re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)
+    return [tuple(int(d) for d in shape.split(",")) for shape in found]

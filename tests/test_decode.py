@@ -9,7 +9,7 @@ from flax import nnx
 from radial_jax.model.build import build_model
 from radial_jax.model.decode import decode_step, prefill, unstack_weights
 from radial_jax.model.kv_cache import bytes_per_token, check_room, init_cache
-from tests.helpers import tiny_config
+from tests.helpers import f32_copies, tiny_config
 
 # P = 3 and capacity_factor = P: capacity = seq_len, so training drops nothing; a random router
 # init makes tokens skip, reuse and spread over layers.
@@ -177,8 +177,6 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     """The compiled decode step copies no cache slot (the layout's reason to be: with [L, B, M, G, K]
     arrays, or a unit batch dimension in front, XLA copied every slot at every layer and token), nor
     the tied embedding table (contracted as `.T`, XLA copied the transposed table at every token)."""
-    import re
-
     cfg = tiny_config(*extra)
     graphdef, params = nnx.split(build_model(cfg), nnx.Param)
     max_len = 37  # a length no other array has
@@ -187,8 +185,7 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     step = jax.jit(lambda p, t, c: decode_step(graphdef, p, t, c, **kw), donate_argnums=2)
     hlo = step.lower(params, jnp.zeros((batch,), jnp.int32), cache).compile().as_text()
     slot_shapes = {tuple(x.shape) for x in (*cache.k, *cache.v)}
-    copies = [tuple(int(d) for d in m.split(",")) for m in
-              re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)]
+    copies = f32_copies(hlo)
     assert not [c for c in copies if c in slot_shapes], f"slot copies in the compiled step: {copies}"
     table = (cfg.model.vocab_size, cfg.model.d_model)
     assert table not in copies and table[::-1] not in copies, f"embedding table copied: {copies}"

@@ -14,7 +14,7 @@ from radial_jax.generate.command import format_depths
 from radial_jax.generate.sampling import Generator, Sampling, sample_logits
 from radial_jax.model.build import build_model
 from radial_jax.train.loop import train
-from tests.helpers import tiny_config
+from tests.helpers import f32_copies, tiny_config
 from tests.test_train import run_cfg
 
 RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3", "router.init=random"]
@@ -97,8 +97,8 @@ def test_a_burst_updates_the_cache_in_place(radial, batch):
     hlo = gen._steps.lower(gen._leaves, gen._step_leaves, jnp.zeros((batch,), jnp.int32), cache,
                            sampling_key(0), 1, n=4, s=Sampling(0.8)).compile().as_text()
     assert re.search(r" while\(", hlo)  # a loop, not 4 unrolled steps
-    copies = re.findall(r"= f32\[([\d,]+)\]\{[\d,]*\} copy\(", hlo)
-    slots = {",".join(map(str, x.shape)) for x in (*cache.k, *cache.v)}
+    copies = f32_copies(hlo)
+    slots = {tuple(x.shape) for x in (*cache.k, *cache.v)}
     assert not [c for c in copies if c in slots], f"slot copies in the burst: {copies}"
 
 

@@ -66,7 +66,7 @@ class DecodeTimer:
         if new_tokens % burst:
             raise ValueError(f"a window's {new_tokens} tokens must be a whole number of bursts of {burst}")
         self.gen = Generator(cfg, graphdef, params, switch=switch, step_weights=step_weights, burst=burst)
-        self.params, self.batch, self.new_tokens, self.burst = params, batch, new_tokens, burst
+        self.batch, self.new_tokens, self.burst = batch, new_tokens, burst
         self.rule = Sampling(temperature=0.8)  # sampled text routes like real use; greedy loops
         self.i = 0
         self.key = sampling_key(0)

@@ -8,7 +8,7 @@ import time
 from typing import TextIO
 
 from radial_jax.config import ConfigError
-from radial_jax.generate.sampling import Generator, Sampling
+from radial_jax.generate.sampling import DEFAULT_BURST, Generator, Sampling
 
 
 def format_depths(pieces: list[str], depths: list[int], max_depth: int, width: int = 100) -> str:
@@ -28,7 +28,7 @@ def format_depths(pieces: list[str], depths: list[int], max_depth: int, width: i
 
 def run_generate(checkpoint: str, prompt: str, *, max_tokens: int = 200, temperature: float = 0.8,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0, show_depth: bool = False,
-                 step: int | None = None, burst: int = 8, overrides: list[str] | tuple = (),
+                 step: int | None = None, burst: int = DEFAULT_BURST, overrides: list[str] | tuple = (),
                  out: TextIO | None = None) -> int:
     """Print the prompt, then its continuation as it is sampled; with show_depth, the blocks each
     generated token cost. Returns the number of tokens generated."""
