@@ -1,6 +1,21 @@
-"""Shared fixtures: one builtin-corpus cache for the whole session (it builds in about a second)."""
+"""Shared test setup: a persistent XLA compilation cache for the whole run, one corpus cache.
+
+Many tests compile the same tiny programs (each builds its own jitted step, and CLI tests run in
+subprocesses); the persistent cache lets every compile after the first be a disk read. The variables
+are set before any test module imports jax, so subprocesses inherit them too.
+"""
+
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
+
+_XLA_CACHE = Path(os.environ.get("RADIAL_TEST_XLA_CACHE")
+                  or Path(tempfile.gettempdir()) / f"radial_jax_test_xla_cache_{os.getuid()}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_XLA_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,13 @@ def tiny_config(*overrides: str):
     return load_config(None, [*TINY, *overrides])
 
 
+def run_cfg(run_dir, corpus_cache, *extra):
+    """A tiny training config that logs every step and evaluates every 4 steps into `run_dir`."""
+    return load_config(None, [*TINY, f"run.dir={run_dir}", f"data.cache_dir={corpus_cache}",
+                              "train.log_every=1", "train.eval_every=4", "train.eval_batches=2",
+                              "train.checkpoint_every=100", *extra])
+
+
 def packed_batch(doc_lengths_per_row: list[list[int]], seq_len: int, seed: int = 0, vocab: int = 258):
     """A batch whose rows pack documents of the given lengths (then padding), as the pipeline does."""
     rng = np.random.default_rng(seed)

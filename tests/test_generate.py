@@ -14,8 +14,7 @@ from radial_jax.generate.command import format_depths
 from radial_jax.generate.sampling import Generator, Sampling, sample_logits
 from radial_jax.model.build import build_model
 from radial_jax.train.loop import train
-from tests.helpers import f32_copies, tiny_config
-from tests.test_train import run_cfg
+from tests.helpers import f32_copies, run_cfg, tiny_config
 
 RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3", "router.init=random"]
 PROMPTS = [[256, 72, 101, 108, 108, 111], [256, 100], [256, 1, 2, 3, 4, 5, 6, 7, 8]]

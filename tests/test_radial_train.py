@@ -12,7 +12,7 @@ from radial_jax.train.checkpoint import load_trained
 from radial_jax.train.loop import evaluate, train
 from radial_jax.train.metrics import read_metrics
 from radial_jax.train.step import make_eval_step
-from tests.test_train import run_cfg
+from tests.helpers import run_cfg
 
 RADIAL = ["model.kind=radial", "model.pool_size=4", "model.steps=4", "model.capacity_factor=0.5",
           "router.init=random", "router.skip_bias=-2", "train.steps=40", "train.lr=3e-3",

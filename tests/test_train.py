@@ -12,13 +12,7 @@ from radial_jax.config import load_config
 from radial_jax.train.checkpoint import load_trained
 from radial_jax.train.loop import train
 from radial_jax.train.metrics import read_metrics
-from tests.helpers import TINY
-
-
-def run_cfg(run_dir, corpus_cache, *extra):
-    return load_config(None, [*TINY, f"run.dir={run_dir}", f"data.cache_dir={corpus_cache}",
-                              "train.log_every=1", "train.eval_every=4", "train.eval_batches=2",
-                              "train.checkpoint_every=100", *extra])
+from tests.helpers import run_cfg
 
 
 def losses(run_dir):
