@@ -288,19 +288,16 @@ def from_dict(raw: dict, origin: dict | None = None) -> Config:
         if not isinstance(sec_val, dict):
             raise ConfigError(f"{_where(origin, sec_name)}section {sec_name!r} must be a mapping, "
                               f"got {sec_val!r}")
-        cls = sections[sec_name].default_factory  # type: ignore[misc]
-        sec_val = {k: _number_or_same(v) if _is_float_field(cls, k) else v for k, v in sec_val.items()}
-        built[sec_name] = _build_section(cls, sec_name, sec_val, origin)
+        built[sec_name] = build_checked(sections[sec_name].default_factory, sec_val, origin,
+                                        f"{sec_name}.")
     cfg = Config(**built)
     _check_cross_fields(cfg)
     return cfg
 
 
-def _is_float_field(cls, name: str) -> bool:
-    return typing.get_type_hints(cls).get(name) is float
-
-
-def _where(origin: dict, key: str) -> str:
+def _where(origin: dict | str, key: str) -> str:
+    if isinstance(origin, str):  # one file set every key
+        return f"{origin}: "
     src = origin.get(key) or next((v for k, v in origin.items() if k.startswith(key + ".")), None)
     return f"{src}: " if src else ""
 
@@ -319,24 +316,44 @@ def _suggest(name: str, valid) -> str:
     return f"; did you mean {close!r}?" if close else f"; valid: {', '.join(sorted(valid))}"
 
 
-def _build_section(cls, sec: str, values: dict, origin: dict):
+def build_checked(cls: type, values: dict, origin: dict | str, prefix: str = "") -> Any:
+    """The frozen dataclass `cls` from a mapping, checked as config sections are: an unknown key names
+    the closest valid one; each value is checked against its field's type and range (nested
+    dataclasses, lists of them, and `dict` fields too). Messages name keys `prefix + name` and where
+    they came from: `origin` maps keys to files, or is the one file that set them all."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        key = f"{sec}.{name}"
+        key = f"{prefix}{name}"
         if name not in fields:
-            close = _closest(name, fields)
-            hint = f"; did you mean '{sec}.{close}'?" if close else \
-                f"; valid keys in {sec}: {', '.join(fields)}"
+            close = _closest(str(name), fields)
+            hint = f"; did you mean '{prefix}{close}'?" if close else \
+                f"; valid keys{' in ' + prefix[:-1] if prefix else ''}: {', '.join(fields)}"
             raise ConfigError(f"{_where(origin, key)}unknown key '{key}'{hint}")
         kwargs[name] = _check_value(key, value, hints[name], fields[name].metadata, origin)
     return cls(**kwargs)
 
 
-def _check_value(key: str, value: Any, typ: Any, meta: Any, origin: dict) -> Any:
+def _check_value(key: str, value: Any, typ: Any, meta: Any, origin: dict | str) -> Any:
     where = _where(origin, key)
     origin_t = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}={value!r} must be a mapping with keys "
+                              f"{', '.join(f.name for f in dataclasses.fields(typ))}")
+        return build_checked(typ, value, origin, f"{key}.")
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{key}={value!r} must be a mapping")
+        return value
+    if origin_t is list and typing.get_args(typ) != (str,):  # numbers or dataclasses: check each
+        item = typing.get_args(typ)[0]
+        if isinstance(value, list):
+            return [_check_value(f"{key}[{i}]", v, item, meta, origin) for i, v in enumerate(value)]
+        if dataclasses.is_dataclass(item):
+            raise ConfigError(f"{where}{key}={value!r} must be a list")
+        return [_check_value(key, value, item, meta, origin)]  # one value stands for a list of one
     if origin_t is Literal:
         choices = typing.get_args(typ)
         if value not in choices:
@@ -351,6 +368,7 @@ def _check_value(key: str, value: Any, typ: Any, meta: Any, origin: dict) -> Any
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}{key}={value!r} must be an integer")
     elif typ is float:
+        value = _number_or_same(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}{key}={value!r} must be a number")
         if not math.isfinite(value):

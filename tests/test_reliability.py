@@ -348,6 +348,24 @@ def test_a_checkpoint_with_nonfinite_values_is_never_written(tmp_path):
     assert ckpt.all_steps() == [1] and not list((tmp_path / "checkpoints").glob("2*"))
 
 
+def test_a_save_that_never_completed_is_deleted_when_training_reopens_the_checkpoints(tmp_path):
+    cfg = load_config(None, TINY)
+    _, params = nnx.split(build_model(cfg), nnx.Param)
+    state = init_state(params, optax.sgd(0.1))
+    root = tmp_path / "checkpoints"
+    ckpt = Checkpointer(root, keep=3, async_save=False)
+    ckpt.save(1, state, None, cfg.to_dict())
+    ckpt.close()
+    unfinished = root / "2.orbax-checkpoint-tmp-1234"  # what a process killed mid-save leaves
+    shutil.copytree(root / "1", unfinished)
+    assert Checkpointer(root, keep=3, read_only=True).all_steps() == [1] and unfinished.is_dir()
+    ckpt = Checkpointer(root, keep=3, async_save=False)  # as the train loop opens them
+    assert ckpt.all_steps() == [1]
+    ckpt.save(2, state, None, cfg.to_dict())  # orbax finishes its cleanup before saving
+    ckpt.close()
+    assert ckpt.all_steps() == [1, 2] and sorted(p.name for p in root.iterdir()) == ["1", "2"]
+
+
 # --------------------------------------------------------------------------- damaged checkpoints
 
 

@@ -70,12 +70,27 @@ def error(tmp_path, body: str) -> str:
 
 
 def test_unknown_keys_suggest_the_closest(tmp_path):
+    # worded as the config's own messages: file, full key path, the closest valid key
     msg = error(tmp_path, "grdi:\n  model.n_layers: [1, 2]\n")
-    assert "unknown key 'grdi'" in msg and "did you mean 'grid'" in msg
+    assert msg == f"{tmp_path / 'sweep.yaml'}: unknown key 'grdi'; did you mean 'grid'?"
     msg = error(tmp_path, "arms:\n  - nmae: a\n")
-    assert "arms[0]" in msg and "unknown key 'nmae'" in msg and "did you mean 'name'" in msg
+    assert msg.endswith(": unknown key 'arms[0].nmae'; did you mean 'arms[0].name'?")
     msg = error(tmp_path, "budget:\n  train_flop: 1.0e+12\n")
-    assert "unknown key 'train_flop'" in msg and "did you mean 'train_flops'" in msg
+    assert msg.endswith(": unknown key 'budget.train_flop'; did you mean 'budget.train_flops'?")
+
+
+def test_types_and_ranges_are_checked_as_in_a_config(tmp_path):
+    assert error(tmp_path, "evals: 0\n").endswith(": evals=0 is out of range; it must be >= 1")
+    assert error(tmp_path, "evals: many\n").endswith(": evals='many' must be an integer")
+    msg = error(tmp_path, "budget:\n  train_flops: [1.0e+12, -3]\n")
+    assert msg.endswith(": budget.train_flops[1]=-3 is out of range; it must be > 0.0")
+    msg = error(tmp_path, "budget:\n  tokens: lots\n")
+    assert msg.endswith(": budget.tokens='lots' must be a number")
+    assert error(tmp_path, "arms:\n  - name: a\n    set: [1]\n").endswith(
+        ": arms[0].set=[1] must be a mapping")
+    assert error(tmp_path, "arms: {name: a}\n").endswith(": arms={'name': 'a'} must be a list")
+    assert error(tmp_path, "arms:\n  - a\n").endswith(
+        ": arms[0]='a' must be a mapping with keys name, config, set")
 
 
 def test_bad_override_key_names_the_arm(tmp_path):

@@ -1,22 +1,46 @@
 """The training loop end to end on the builtin corpus: resumption, outputs, eval command."""
 
+import io
 import json
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from radial_jax.cli import main
 from radial_jax.config import load_config
 from radial_jax.train.checkpoint import load_trained
 from radial_jax.train.loop import train
-from radial_jax.train.metrics import read_metrics
+from radial_jax.train.metrics import MetricWriter, read_metrics
 from tests.helpers import run_cfg
 
 
 def losses(run_dir):
     return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
+
+
+def test_a_resumed_run_rewrites_its_metrics_without_duplicates(tmp_path):
+    first = MetricWriter(tmp_path)
+    for step in (1, 2, 3, 4):
+        first.scalars(step, {"train/loss": 10.0 - step})
+    first.close()  # it stopped after step 4; its last checkpoint was step 2
+    again = MetricWriter(tmp_path, start_step=2)
+    assert again.dropped == 2
+    for step in (3, 4, 5):
+        again.scalars(step, {"train/loss": float(step)})
+    png = io.BytesIO()
+    Image.new("RGB", (5, 3), (255, 0, 0)).save(png, format="PNG")
+    again.image(5, "route/heatmap", png.getvalue())
+    again.close()
+    expect = [(1, 9.0), (2, 8.0), (3, 3.0), (4, 4.0), (5, 5.0)]
+    assert [(r["step"], r["train/loss"]) for r in read_metrics(tmp_path)] == expect
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == expect
+    [image] = acc.Images("route/heatmap")
+    assert (image.step, image.width, image.height) == (5, 5, 3)
 
 
 @pytest.mark.parametrize("kind", ["dense", "radial"])

@@ -10,24 +10,20 @@ typo fails before anything trains, with the file, the arm and the key in the mes
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from radial_jax.config import Config, ConfigError, load_config
+from radial_jax.config import Config, ConfigError, build_checked, load_config
 from radial_jax.model.flops import flops_per_token
 
-TOP_KEYS = ("description", "base", "set", "arms", "grid", "budget", "evals")
-ARM_KEYS = ("name", "config", "set")
-BUDGET_KEYS = ("train_flops", "tokens")
 SET_BY_SWEEP = {"run.dir": "the sweep puts each arm in OUT/<arm name>"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
@@ -79,29 +75,66 @@ def steps_for_budget(cfg: Config, *, train_flops: float | None = None, tokens: f
     return math.floor(tokens / (cfg.data.batch_size * cfg.data.seq_len))
 
 
-# --------------------------------------------------------------------------- parsing
+# --------------------------------------------------------------------------- the file's schema
+# Checked by the config's own machinery (`build_checked`), so a typo reads as it does in a config.
+# A key left out (or left empty) is None.
 
 
-def _suggest(name: str, valid) -> str:
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+def _entry(help: str, **bounds: float | bool) -> Any:
+    return field(default=None, metadata={"help": help, **bounds})
 
 
-def _check_keys(where: str, got: dict, valid: tuple) -> None:
-    for k in got:
-        if k not in valid:
-            raise SweepError(f"{where}unknown key {k!r}{_suggest(k, valid)}")
+@dataclass(frozen=True)
+class BudgetSpec:
+    train_flops: list[float] = _entry("training FLOPs of each arm: a number, or a list (an arm per value)",
+                                    lo=0.0, lo_open=True)
+    tokens: list[float] = _entry("training tokens of each arm: a number, or a list (an arm per value)",
+                               lo=0.0, lo_open=True)
 
 
-def _number(where: str, value: Any) -> float:
-    """A positive finite number; YAML 1.1 reads `1e13` as a string, so strings are parsed too."""
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str = _entry("folder-safe arm name, unique in the sweep")
+    config: str = _entry("this arm's config file, relative to the sweep file (default: base)")
+    set: dict = _entry("this arm's overrides, section.key: value")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    description: str = _entry("what the sweep compares")
+    base: str = _entry("the config every arm starts from, relative to the sweep file")
+    set: dict = _entry("overrides for every arm, section.key: value")
+    arms: list[ArmSpec] = _entry("named arms, each with an optional config: and set:")
+    grid: dict = _entry("section.key: [values], crossed with the arms")
+    budget: BudgetSpec = _entry("train_flops: or tokens: per arm; sets each arm's train.steps")
+    evals: int = _entry("eval points per arm; sets each arm's train.eval_every", lo=1)
+
+
+def _given(block: Any) -> Any:
+    """A mapping without its empty (None) entries."""
+    return {k: v for k, v in block.items() if v is not None} if isinstance(block, dict) else block
+
+
+def read_spec(path: Path) -> SweepSpec:
+    """The sweep file's contents, checked for unknown keys, types and ranges."""
+    if not path.is_file():
+        raise SweepError(f"sweep file not found: {path}")
     try:
-        x = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        x = math.nan
-    if not math.isfinite(x) or x <= 0:
-        raise SweepError(f"{where}={value!r} must be a positive number")
-    return x
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict) or not doc:
+        raise SweepError(f"{path}: a sweep file must be a mapping with base:, arms: and/or grid:")
+    doc = _given(doc)
+    if isinstance(doc.get("arms"), list):
+        doc["arms"] = [_given(arm) for arm in doc["arms"]]
+    try:
+        return build_checked(SweepSpec, doc, str(path))
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+
+# --------------------------------------------------------------------------- parsing
 
 
 def _override(key: str, value: Any) -> str:
@@ -112,12 +145,11 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def _settings(where: str, block: Any) -> list[tuple[str, Any]]:
-    """A `set:` mapping of section.key -> value, checked for shape and for keys the sweep owns."""
+def _settings(where: str, block: dict | None) -> list[tuple[str, Any]]:
+    """A `set:` mapping of section.key -> value, checked for keys the sweep owns (the arm's config
+    checks the rest)."""
     if block is None:
         return []
-    if not isinstance(block, dict):
-        raise SweepError(f"{where} must be a mapping of section.key: value, got {block!r}")
     for key in block:
         if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
             raise SweepError(f"{where}: key {key!r} must look like section.key, e.g. model.pool_size")
@@ -131,11 +163,11 @@ def _label(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "", text) or "x"
 
 
-def _grid(src: str, grid: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+def _grid(src: str, grid: dict | None) -> list[tuple[str, list[tuple[str, Any]]]]:
     """The cartesian product of the grid as (name suffix, [(key, value), ...]) rows."""
     if grid is None:
         return [("", [])]
-    if not isinstance(grid, dict) or not grid:
+    if not grid:
         raise SweepError(f"{src}: grid is empty; give it section.key: [values, ...] entries, e.g. "
                          "model.capacity_factor: [0.5, 1.0]")
     _settings(f"{src}: grid", grid)
@@ -152,60 +184,53 @@ def _grid(src: str, grid: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
     return rows
 
 
-def _budgets(src: str, budget: Any) -> tuple[str | None, list[float]]:
+def _budgets(src: str, budget: BudgetSpec | None) -> tuple[str | None, list[float | None]]:
     if budget is None:
         return None, [None]
-    if not isinstance(budget, dict):
-        raise SweepError(f"{src}: budget must be a mapping with train_flops: or tokens:, got {budget!r}")
-    _check_keys(f"{src}: budget: ", budget, BUDGET_KEYS)
-    given = [k for k in BUDGET_KEYS if k in budget]
+    given = [f.name for f in fields(budget) if getattr(budget, f.name) is not None]
     if len(given) != 1:
         raise SweepError(f"{src}: budget needs exactly one of train_flops: and tokens: (got "
                          f"{', '.join(given) or 'neither'})")
     kind = given[0]
-    values = budget[kind] if isinstance(budget[kind], list) else [budget[kind]]
+    values = getattr(budget, kind)
     if not values:
         raise SweepError(f"{src}: budget.{kind} is an empty list; give at least one value")
-    return kind, [_number(f"{src}: budget.{kind}", v) for v in values]
+    return kind, values
 
 
-def _relative(sweep_file: Path, ref: Any) -> Path:
+def _relative(sweep_file: Path, ref: str) -> Path:
     """A config path written in the sweep file, relative to it: `../tiny.yaml` in
     configs/sweeps/x.yaml -> configs/tiny.yaml."""
-    return Path(os.path.normpath(sweep_file.parent / str(ref)))
+    return Path(os.path.normpath(sweep_file.parent / ref))
 
 
-def _arm_specs(src: str, doc: dict, base: Path | None, sweep_file: Path) -> list[tuple[str, Path, list]]:
+def _arm_specs(src: str, arms: list[ArmSpec] | None, base: Path | None, sweep_file: Path
+               ) -> list[tuple[str, Path, list]]:
     """(name, config file, settings) of each `arms:` entry, or one unnamed arm from `base`."""
-    arms = doc.get("arms")
     if arms is None:
         if base is None:
             raise SweepError(f"{src}: needs base: (the config every arm starts from) or arms: with a "
                              "config: each")
         return [("", base, [])]
-    if not isinstance(arms, list) or not arms:
+    if not arms:
         raise SweepError(f"{src}: arms is empty; give a list of {{name: ..., set: {{...}}}} entries")
     out, seen = [], set()
     for i, arm in enumerate(arms):
-        if not isinstance(arm, dict):
-            raise SweepError(f"{src}: arms[{i}] must be a mapping with name: (and config:, set:), "
-                             f"got {arm!r}")
-        _check_keys(f"{src}: arms[{i}]: ", arm, ARM_KEYS)
-        name = arm.get("name")
-        if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        name = arm.name
+        if name is None or not _SAFE_NAME.match(name):
             raise SweepError(f"{src}: arms[{i}].name={name!r} must be a folder-safe name (letters, "
                              "digits, . _ + = -)")
         if name in seen:
             raise SweepError(f"{src}: two arms are named {name!r}; arm names must be unique")
         seen.add(name)
         config = base
-        if "config" in arm:
-            config = _relative(sweep_file, arm["config"])
+        if arm.config is not None:
+            config = _relative(sweep_file, arm.config)
             if not config.is_file():
                 raise SweepError(f"{src}: arm {name!r}: config not found: {config}")
         if config is None:
             raise SweepError(f"{src}: arm {name!r} has no config: and the sweep has no base:")
-        out.append((name, config, _settings(f"{src}: arm {name!r}: set", arm.get("set"))))
+        out.append((name, config, _settings(f"{src}: arm {name!r}: set", arm.set)))
     return out
 
 
@@ -237,28 +262,18 @@ def load_sweep(path: str | Path) -> Sweep:
     """Parse and validate a sweep file; every arm's config is loaded (so checked) and sized."""
     path = Path(path)
     src = str(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SweepError(f"{src}: not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or not doc:
-        raise SweepError(f"{src}: a sweep file must be a mapping with base:, arms: and/or grid:")
-    _check_keys(f"{src}: ", doc, TOP_KEYS)
+    spec = read_spec(path)
     base = None
-    if "base" in doc:
-        base = _relative(path, doc["base"])
+    if spec.base is not None:
+        base = _relative(path, spec.base)
         if not base.is_file():
             raise SweepError(f"{src}: base config not found: {base} (paths are relative to the sweep "
                              "file)")
-    common = _settings(f"{src}: set", doc.get("set"))
-    specs = _arm_specs(src, doc, base, path)
-    grid = _grid(src, doc.get("grid"))
-    kind, budgets = _budgets(src, doc.get("budget"))
-    evals = doc.get("evals")
-    if evals is not None and (isinstance(evals, bool) or not isinstance(evals, int) or evals < 1):
-        raise SweepError(f"{src}: evals={evals!r} must be a whole number >= 1 (eval points per arm)")
+    common = _settings(f"{src}: set", spec.set)
+    specs = _arm_specs(src, spec.arms, base, path)
+    grid = _grid(src, spec.grid)
+    kind, budgets = _budgets(src, spec.budget)
+    evals = spec.evals
     keys = {k for k, _ in common} | {k for s in specs for k, _ in s[2]} | {k for _, g in grid for k, _ in g}
     if kind and "train.steps" in keys:
         raise SweepError(f"{src}: train.steps cannot be set in a sweep with a budget: (the budget "

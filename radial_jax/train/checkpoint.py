@@ -6,8 +6,8 @@ abstract train state whose shardings say where each array goes, so a run can res
 
 Damage (truncated or missing files, a missing item, NaN/inf values) is found by restoring: every
 failure becomes a `CheckpointError` naming the step. A save interrupted by a killed process leaves
-only a `<step>.orbax-checkpoint-tmp-*` folder, which orbax never lists as a checkpoint. A state
-holding NaN/inf is never saved.
+a temporary folder that orbax never lists as a checkpoint and deletes when training opens the
+checkpoints again (`cleanup_tmp_directories`). A state holding NaN/inf is never saved.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from radial_jax.train.nonfinite import NonFiniteError, all_finite
 from radial_jax.train.step import TrainState
 
 ITEMS = ("state", "data", "config")
-_TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a save still being written
 
 
 class CheckpointError(RuntimeError):
@@ -94,7 +93,9 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         # read_only: never creates the folder (orbax's own read_only mode warns on every open).
         self.read_only = read_only
+        # A writer deletes the folders of saves that never completed (the process died in them).
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                               cleanup_tmp_directories=not read_only,
                                                enable_async_checkpointing=async_save)
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
@@ -167,19 +168,12 @@ class Checkpointer:
                     pass
         return None
 
-    def unfinished(self) -> list[Path]:
-        """Folders of saves that never completed (the process died while writing them)."""
-        return sorted(self.directory.glob(f"*{_TMP_MARK}*")) if self.directory.is_dir() else []
-
     def restore_newest(self, abstract_state: TrainState, data_iter: Any = None
                        ) -> tuple[int, TrainState | None, list[int]]:
         """(step, state, damaged steps) from the newest checkpoint that restores, trying older ones
         (and saying why) when a newer one is damaged; (0, None, []) if there are none.
 
         CheckpointError if every checkpoint is damaged."""
-        for path in self.unfinished():
-            say(f"ignoring {path}: a checkpoint save that never completed (the process was stopped "
-                "while writing it)")
         damaged: dict[int, str] = {}
         for step in sorted(self.all_steps(), reverse=True):
             try:

@@ -19,7 +19,7 @@ from radial_jax.model.flops import describe_flops
 from radial_jax.parallel.plan import ShardingPlan
 from radial_jax.train.checkpoint import Checkpointer
 from radial_jax.train.guard import check_resume, describe_changes, record_changes
-from radial_jax.train.metrics import MetricWriter, console_line, drop_rows_after, say
+from radial_jax.train.metrics import MetricWriter, console_line, say
 from radial_jax.train.nonfinite import NonFiniteError, enforce, new_tally, take, tally
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
 from radial_jax.train.preflight import check_free_space, prepare_run_dir
@@ -47,12 +47,12 @@ def write_heatmap(run_dir: Path, writer: MetricWriter, step: int, graphdef, para
                                     batch["segment_ids"][:1]))[:, 0, :n_tokens]
     labels = token_labels(np.asarray(batch["inputs"][0, :n_tokens]), tokenizer.decode)
     pool_size = jax.tree.leaves(params["pool"])[0].shape[0]
-    png, h, w = routing_heatmap_png(trace, labels, pool_size,
+    png, _, _ = routing_heatmap_png(trace, labels, pool_size,
                                     title=f"routing at step {step} (white = skip)")
     path = run_dir / "routing_heatmap.png"
     if writer.enabled:
         path.write_bytes(png)
-    writer.image(step, "route/heatmap", png, height=h, width=w)
+    writer.image(step, "route/heatmap", png)
     return path
 
 
@@ -102,9 +102,6 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
             f"{where}")
     if start:
         say(f"resumed from {ckpt.directory / str(start)} (step {start} of {t.steps})")
-        if lead and (dropped := drop_rows_after(run_dir, start)):
-            say(f"dropped {dropped} metrics.jsonl rows logged after step {start} by the previous "
-                "attempt; they are logged again as training repeats those steps")
         if changes:
             say(f"config changed since step {start} (allowed): {describe_changes(changes)}")
             if lead:
@@ -118,9 +115,10 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
                                      batch_shape)
     eval_step = plan.jit_eval_step(make_eval_step(graphdef, tokenizer.token_bytes()), abstract,
                                    batch_shape)
-    writer = MetricWriter(run_dir, enabled=lead)
-    if start:
-        writer.restart_at(start)
+    writer = MetricWriter(run_dir, enabled=lead, start_step=start)
+    if writer.dropped:
+        say(f"dropped {writer.dropped} metrics.jsonl rows logged after step {start} by the previous "
+            "attempt; they are logged again as training repeats those steps")
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     last: dict[str, float] = {}
     nonfinite = new_tally()  # skipped steps, counted on the device; read where we log

@@ -1,52 +1,54 @@
-"""Where metrics go: TensorBoard event files (no TensorFlow), metrics.jsonl, and the console."""
+"""Where metrics go: TensorBoard event files (tensorboardX, no TensorFlow), metrics.jsonl, and the
+console."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+import numpy as np
+from PIL import Image
 
 
 class MetricWriter:
-    """Writes each logged step to TensorBoard and as one JSON line; only process 0 writes."""
+    """Writes each logged step to TensorBoard and as one JSON line; only process 0 writes.
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True):
+    A run resumed after `start_step` logs the later steps again, so what an earlier attempt logged
+    after it is dropped from both: TensorBoard hides it (tensorboardX's `purge_step`) and
+    metrics.jsonl loses those rows (`dropped` says how many)."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
+        self.dropped = 0
         if enabled:
-            self._tb = EventFileWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
+            # Deferred: tensorboardX imports torch whenever torch is installed; only training needs it.
+            from tensorboardX import SummaryWriter
+
+            self.dropped = drop_rows_after(self.run_dir, start_step)
+            # Named by the time in ns: an attempt resumed within the same second neither overwrites
+            # the last one's file nor sorts before it (TensorBoard reads the files in name order).
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1,
+                                     flush_secs=10, filename_suffix=f".{time.time_ns()}")
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in values.items()}
-        summary = summary_pb2.Summary(value=[
-            summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in clean.items()])
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+        for k, v in clean.items():
+            self._tb.add_scalar(k, v, int(step))
         row = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
 
-    def restart_at(self, step: int) -> None:
-        """A resumed run continues after `step`: TensorBoard drops what an earlier attempt logged
-        after it (a START session log purges steps >= step + 1)."""
+    def image(self, step: int, tag: str, png: bytes) -> None:
         if self.enabled:
-            log = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-            self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step) + 1,
-                                               session_log=log))
-
-    def image(self, step: int, tag: str, png: bytes, *, height: int, width: int) -> None:
-        if not self.enabled:
-            return
-        img = summary_pb2.Summary.Image(height=height, width=width, colorspace=4,
-                                        encoded_image_string=png)
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=img)])
-        self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+            rgb_HxWx3 = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            self._tb.add_image(tag, rgb_HxWx3, int(step), dataformats="HWC")
 
     def flush(self) -> None:
         if self.enabled:

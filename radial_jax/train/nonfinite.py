@@ -5,6 +5,10 @@ see step.py) and reports `train/nonfinite` (1.0 for a skipped step). The loop fo
 a `Tally` on the device every step, so nothing waits on the host, and reads the tally only when it
 logs or saves. `train.on_nonfinite` then decides: `skip` carries on (up to `train.max_nonfinite`
 skipped steps in a row), `stop` ends the run naming the first bad step and the last good checkpoint.
+
+Not `optax.apply_if_finite`: it looks at the gradients only (not the loss or the optimizer's
+output), applies the bad update once its limit is reached (we stop instead, and never apply one),
+and keeps its counters inside the optimizer state, which would change every checkpoint's layout.
 """
 
 from __future__ import annotations
