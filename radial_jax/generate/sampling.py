@@ -58,10 +58,9 @@ def sample_logits(logits_BxV: jax.Array, key: jax.Array, s: Sampling) -> jax.Arr
 
 
 def _draw(key: jax.Array, x_BxV: jax.Array) -> jax.Array:
-    """One token per row with probabilities softmax(x), by inverse CDF: one uniform number per row.
-    (`jax.random.categorical` draws a Gumbel per vocabulary entry; jitted on the 2-core CPU it took
-    34 us at 258 tokens and 1.9 ms at 32,000, against 17 us and 0.2 ms here.) Zero-probability
-    tokens have empty intervals of the CDF, so they are never drawn."""
+    """One token per row with probabilities softmax(x), by inverse CDF: one uniform number per row,
+    where `jax.random.categorical` draws a Gumbel per vocabulary entry, which grows costly with the
+    vocabulary. Zero-probability tokens have empty intervals of the CDF, so they are never drawn."""
     cdf_BxV = jnp.cumsum(jax.nn.softmax(x_BxV, axis=-1), axis=-1)
     u_Bx1 = jax.random.uniform(key, (x_BxV.shape[0], 1), minval=jnp.finfo(jnp.float32).tiny)
     # The index of the first CDF entry >= u * total (total ~1, kept exact so u < 1 stays inside).
@@ -70,8 +69,8 @@ def _draw(key: jax.Array, x_BxV: jax.Array) -> jax.Array:
 
 def sampling_key(seed: int) -> jax.Array:
     """The key generation draws from: threefry4x32, not JAX's default threefry2x32, whose CPU
-    lowering is a rolled while loop (5 iterations of small kernels, ~0.1 ms per decoded token on
-    a 2-core CPU, a tenth of a 3M-parameter model's step); threefry4x32 lowers to a few fused ops."""
+    lowering is a rolled while loop of small kernels, a visible share of a small model's decode
+    step; threefry4x32 lowers to a few fused ops."""
     return jax.random.key(seed, impl="threefry4x32")
 
 
@@ -97,16 +96,16 @@ class Generator:
     """Jitted prefill and decode-and-sample steps for one model (compiled once per shape/rule).
 
     Parameters go to the jitted steps as flat lists of arrays: flattening an nnx.State in Python
-    costs tens of microseconds per call, a visible share of a small model's time per token."""
+    at every call is a visible share of a small model's time per token."""
 
     def __init__(self, cfg: Config, graphdef: nnx.GraphDef, params, *, switch: bool | None = None,
                  step_weights=None, burst: int = DEFAULT_BURST):
         """step_weights: the batch-1 path's `decode.StepWeights` (default: `unstack_weights` of
         params); benchmarks pass altered ones (forced routes, shared pool weights).
-        burst: tokens `generate` decodes per jitted call. Each call costs a dispatch and a readback
-        (0.1-0.2 ms on the 2-core development CPU, a third of a 3M model's step), paid once per
-        burst; `on_token` then streams the burst's tokens at once, and the tokens a burst makes
-        after a sequence's EOS are computed and dropped."""
+        burst: tokens `generate` decodes per jitted call. Each call costs a dispatch and a host
+        readback, for small models a large share of a step, paid once per burst; `on_token` then
+        streams the burst's tokens at once, and the tokens a burst makes after a sequence's EOS are
+        computed and dropped."""
         if burst < 1:
             raise ValueError(f"burst must be >= 1 tokens per call, got {burst}")
         m = cfg.model

@@ -25,6 +25,7 @@ from radial_jax.train.optimizer import lr_schedule, make_optimizer
 from radial_jax.train.preflight import check_free_space, prepare_run_dir
 from radial_jax.train.signals import Interrupted, StopRequest
 from radial_jax.train.step import make_eval_step, make_train_step, summarize_eval
+from radial_jax.train.summary import run_summary
 
 
 def evaluate(eval_step, params, batches: list[dict]) -> dict[str, float]:
@@ -183,8 +184,5 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     ckpt.close()
     writer.close()
     if lead:
-        say(f"done in {time.perf_counter() - t_begin:.0f}s. run dir: {run_dir}\n"
-            f"  metrics:     {run_dir / 'metrics.jsonl'}\n"
-            f"  checkpoints: {ckpt.directory}\n"
-            f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        say(run_summary(cfg, run_dir, last, time.perf_counter() - t_begin, ckpt.directory))
     return last
