@@ -24,7 +24,7 @@ from flax import nnx
 from radial_jax.config import Config, ConfigError, from_dict
 from radial_jax.export import Loaded, flat_params, write_export
 from radial_jax.train.loss import masked_sum_and_count, token_nll
-from radial_jax.train.step import forward, make_eval_step, summarize_eval
+from radial_jax.train.step import forward, make_eval_step, summarize_eval, train_forward
 
 ARCH_KEYS = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_theta",
              "norm_eps", "tie_embeddings", "norm", "mlp", "qkv_bias", "out_bias", "mlp_bias",
@@ -79,13 +79,12 @@ def kl_per_token(teacher_BxSxV, student_BxSxV, temperature: float):
 
 def make_distill_step(graphdef, teacher_graphdef, tx, *, kl_weight: float, temperature: float):
     def loss_fn(params, teacher_params, batch):
-        logits, aux = forward(graphdef, params, batch)
+        logits, metrics, aux_loss = train_forward(graphdef, params, batch)
         t_logits = jax.lax.stop_gradient(forward(teacher_graphdef, teacher_params, batch)[0])
         ce_sum, n = masked_sum_and_count(token_nll(logits, batch["targets"]), batch["loss_mask"])
         kl_sum, _ = masked_sum_and_count(kl_per_token(t_logits, logits, temperature), batch["loss_mask"])
         ce, kl = ce_sum / jnp.maximum(n, 1.0), kl_sum / jnp.maximum(n, 1.0)
-        extra = sum((v for k_, v in aux.items() if k_.startswith("loss/")), jnp.zeros((), jnp.float32))
-        return ce + kl_weight * kl + extra, {"train/ce": ce, "train/kl": kl, **aux}
+        return ce + kl_weight * kl + aux_loss, {"train/ce": ce, "train/kl": kl, **metrics}
 
     def step(params, opt_state, teacher_params, batch):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, teacher_params, batch)

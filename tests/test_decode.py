@@ -90,8 +90,8 @@ def test_prefill_then_decode_equals_full_forward(case):
     np.testing.assert_array_equal(np.asarray(cache.length_B), PROMPT + (TOTAL - PROMPT).max())
     if cfg.model.kind == "dense":
         return
-    assert float(aux["route/drop_rate"]) == 0.0
-    trace = np.asarray(aux["trace_TxBxS"])
+    assert float(aux.metrics["route/drop_rate"]) == 0.0
+    trace = np.asarray(aux.trace_TxBxS)
     route = np.asarray(cache.route_TxBxM)
     if "routing.skip=forbid" in CASES[case]:  # every real token runs a layer at every step
         assert all((trace[:, r, :TOTAL[r]] < 3).all() for r in rows)

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from radial_jax.config import RoutingConfig
+from radial_jax.model import dispatch as dsp
 from radial_jax.model.build import build_model, count_params
+from radial_jax.model.policy import History
+from radial_jax.model.route_stats import RouteStats
+from radial_jax.model.routing import Route, decide
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
-from radial_jax.train.step import init_state, make_train_step
+from radial_jax.train.step import init_state, make_train_step, train_forward
 from tests.helpers import packed_batch, tiny_config
 
 RADIAL = ["model.kind=radial", "model.pool_size=3", "model.steps=3"]
@@ -48,8 +53,8 @@ def test_fixed_schedule_equals_dense(prefix, kv_skip):
     got, aux = logits_of(radial, batch)
     real = np.asarray(batch["segment_ids"]) != 0  # padding skips in the radial model; never scored
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5, rtol=1e-5)
-    assert float(aux["route/drop_rate"]) == 0.0
-    assert float(aux["route/active_depth"]) == pytest.approx(prefix + pool)  # over real tokens
+    assert float(aux.metrics["route/drop_rate"]) == 0.0
+    assert float(aux.metrics["route/active_depth"]) == pytest.approx(prefix + pool)  # over real tokens
 
 
 def test_pool_parameters_are_stacked_on_a_pool_axis():
@@ -75,7 +80,7 @@ def test_token_choice_is_causal_when_nothing_is_dropped(extra):
     model = build_model(cfg)
     batch = packed_batch([[32], [16, 16]], seq_len=32)
     base, aux = logits_of(model, batch)
-    assert float(aux["route/drop_rate"]) == 0.0
+    assert float(aux.metrics["route/drop_rate"]) == 0.0
     j = 13
     toks = np.asarray(batch["inputs"]).copy()
     toks[:, j] = (toks[:, j] + 101) % 256
@@ -103,7 +108,7 @@ def test_reuse_forbid_and_monotonic_constraints_hold_in_the_trace():
                       "model.capacity_factor=3", "router.init=random", "router.init_bias=0",
                       "routing.reuse=forbid", "routing.order=monotonic")
     _, aux = logits_of(build_model(cfg), batch, return_trace=True)
-    trace = np.asarray(aux["trace_TxBxS"])  # [T, B, S], P = skipped
+    trace = np.asarray(aux.trace_TxBxS)  # [T, B, S], P = skipped
     for b in range(2):
         for s in range(32):
             ran = [int(x) for x in trace[:, b, s] if x < 3]
@@ -113,8 +118,8 @@ def test_reuse_forbid_and_monotonic_constraints_hold_in_the_trace():
 def test_capacity_overflow_drops_tokens_and_reports_it():
     cfg = tiny_config(*RADIAL, "model.capacity_factor=0.25")
     _, aux = logits_of(build_model(cfg), packed_batch([[32]] * 2, seq_len=32))
-    assert float(aux["route/drop_rate"]) > 0.0
-    assert float(aux["route/active_fraction"]) <= 0.25 * 1.01
+    assert float(aux.metrics["route/drop_rate"]) > 0.0
+    assert float(aux.metrics["route/active_fraction"]) <= 0.25 * 1.01
 
 
 @pytest.mark.parametrize("gate", ["prob", "straight_through"])
@@ -157,17 +162,16 @@ def test_load_balance_counts_choices_before_capacity_per_sequence():
     """Switch's f_p is the share of tokens that *chose* layer p: an overloaded layer must look
     overloaded even though capacity lets only C of its tokens run. And balance is per sequence, the
     group capacity counts over: two sequences overloading different layers are not balanced."""
-    from radial_jax.config import RoutingConfig
-    from radial_jax.model import dispatch as dsp
-    from radial_jax.model.radial import _RouteStats
-
     def load_balance(choice_BxS, probs_BxSxR):
         choice = jnp.asarray(choice_BxS, jnp.int32)[..., None]
         d = dsp.plan_token_choice(choice, jnp.ones(choice.shape), 2, capacity=4)
         probs = jnp.broadcast_to(jnp.asarray(probs_BxSxR, jnp.float32), (*choice.shape[:2], 3))
-        stats = _RouteStats(2)
-        stats.add(d, choice, jnp.log(probs + 1e-9), probs, jnp.ones(choice.shape[:2], bool))
-        return stats.finish(RoutingConfig(), prefix_layers=0, steps=1)
+        stats = RouteStats(2)
+        stats.add(Route(d, d.ok_BxPxC.astype(jnp.float32), choice, jnp.log(probs + 1e-9), probs, None),
+                  jnp.ones(choice.shape[:2], bool))
+        metrics, losses = stats.finish(RoutingConfig(), prefix_layers=0)
+        assert float(losses.load_balance) == float(metrics["route/load_balance"])  # unweighted
+        return metrics
 
     out = load_balance([[0] * 28 + [1] * 4], [0.9, 0.1, 0.0])
     # f = (28/32, 4/32): 2 * (0.875 * 0.9 + 0.125 * 0.1) = 1.6; after capacity it would read 1.0.
@@ -178,6 +182,29 @@ def test_load_balance_counts_choices_before_capacity_per_sequence():
     choice = np.array([[0] * 32, [1] * 32])
     out = load_balance(choice, np.where(choice[..., None] == np.arange(3), 1.0, 0.0))
     np.testing.assert_allclose(float(out["route/load_balance"]), 2.0, rtol=1e-5)
+
+
+def test_aux_losses_are_unweighted_terms_that_the_train_step_weighs():
+    """The model returns the terms as data; `loss/<name>` metrics and the objective carry them times
+    the config's weights, and a fixed schedule has none."""
+    overrides = [*RADIAL, "routing.load_balance_weight=0.5", "routing.z_loss_weight=0.25",
+                 "routing.compute_weight=2", "routing.compute_target=0.3"]
+    model = build_model(tiny_config(*overrides))
+    batch = packed_batch([[20, 12], [32]], seq_len=32)
+    _, aux = logits_of(model, batch)
+    terms = aux.losses.terms()
+    assert sorted(terms) == ["balance_bias", "compute", "load_balance", "z"]
+    np.testing.assert_allclose(float(terms["load_balance"]), float(aux.metrics["route/load_balance"]))
+    graphdef, params = nnx.split(model, nnx.Param)
+    _, metrics, total = jax.jit(train_forward, static_argnums=0)(graphdef, params, batch)
+    want = {"loss/load_balance": 0.5 * terms["load_balance"], "loss/z": 0.25 * terms["z"],
+            "loss/compute": 2.0 * terms["compute"], "loss/balance_bias": terms["balance_bias"]}
+    for k, v in want.items():
+        np.testing.assert_allclose(float(metrics[k]), float(v), rtol=1e-5, err_msg=k)
+    np.testing.assert_allclose(float(total), float(sum(want.values())), rtol=1e-5)
+    assert float(metrics["loss/z"]) > 0 and float(metrics["loss/compute"]) > 0
+    fixed = build_model(tiny_config(*overrides, "routing.policy=fixed"))
+    assert logits_of(fixed, batch)[1].losses.terms() == {}
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1])
@@ -207,11 +234,12 @@ def test_balance_bias_moves_against_load_and_leaves_gates_alone(rate):
     # Gates stay the router's probabilities: shifting the bias changes choices, not gate values.
     model = nnx.merge(graphdef, state.params)
     h = jax.random.normal(jax.random.key(0), (2, 32, cfg.model.d_model))
-    from radial_jax.model.policy import History
     valid = jnp.ones((2, 32), bool)
-    _, gate, choice, _, probs, _ = model.decide(h, 0, History.empty(2, 32, 3), valid, 32)
-    got = np.sort(np.asarray(gate)[np.asarray(gate) > 0])
-    want = np.sort(np.take_along_axis(np.asarray(probs), np.asarray(choice), -1).ravel())
+    route = decide(model.router, model.routing, h, 0, History.empty(2, 32, 3), valid, 32)
+    gate = np.asarray(route.gate_BxPxC)
+    got = np.sort(gate[gate > 0])
+    probs, choice = np.asarray(route.probs_BxSxR), np.asarray(route.choice_BxSxK)
+    want = np.sort(np.take_along_axis(probs, choice, -1).ravel())
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -234,8 +262,8 @@ def test_learned_skip_predicts_capacity_and_decides_at_inference():
     assert float(m["route/skip_predict_accuracy"]) > max(first[1], 0.75)
     model = nnx.merge(graphdef, state.params)
     _, aux = logits_of(model, batch, inference=True)
-    assert float(aux["route/drop_rate"]) == 0.0
-    assert 0.0 < float(aux["route/skip_rate"]) < 1.0  # the predictor skips some token-steps
+    assert float(aux.metrics["route/drop_rate"]) == 0.0
+    assert 0.0 < float(aux.metrics["route/skip_rate"]) < 1.0  # the predictor skips some token-steps
 
 
 @pytest.mark.parametrize("policy", ["expert_choice", "token_choice"])

@@ -117,8 +117,8 @@ def _make_radial_step(graphdef: nnx.GraphDef):
         model = nnx.merge(graphdef, params)
         logits, aux = model(batch["inputs"], batch["positions"], batch["segment_ids"], return_trace=True)
         nll, count = masked_sum_and_count(token_nll(logits, batch["targets"]), batch["loss_mask"])
-        loads = {k: v for k, v in aux.items() if k.startswith("route/")}
-        return nll, count, loads, aux["trace_TxBxS"]
+        loads = aux.metrics  # route/... metrics
+        return nll, count, loads, aux.trace_TxBxS
 
     return step
 

@@ -23,18 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from radial_jax.model import dispatch as dsp
 from radial_jax.model.kv_cache import KVCache, check_room
-from radial_jax.model.policy import (
-    History,
-    allowed_layers,
-    choice_logits,
-    fixed_choice,
-    gate_value,
-    token_choice,
-    top1_choice,
-)
-from radial_jax.model.radial import _first_kept_layer, _shared_kv, kv_slot
+from radial_jax.model.policy import History
+from radial_jax.model.routing import Route, StepState, decide_one, kv_slot
 
 
 def prefill(graphdef: nnx.GraphDef, params, tokens_BxS: jax.Array, lengths_B: jax.Array,
@@ -191,32 +182,36 @@ def _extend(model, tokens_BxS, n_new_B, cache: KVCache):
 
 
 def _routed_steps(model, h_BxSxD, pos_BxS, at_BxS, valid_BxS, cache: KVCache):
-    """The T routing steps over a chunk, as in RadialLM.__call__ with capacity = chunk length."""
-
+    """The T routing steps over a chunk: RadialLM.route_step with capacity = chunk length, keys and
+    values going through the cache."""
     b, s = pos_BxS.shape
-    p = model.pool_size
-    hist = History.empty(b, s, p)
-    carry = None
+    kv = CacheKV(cache, pos_BxS, at_BxS, valid_BxS, first_slot=model.prefix_layers)
+    state = StepState(h_BxSxD, History.empty(b, s, model.pool_size), None, kv)
     for t in range(model.steps):
-        slot = model.prefix_layers + t
-        d, gate_BxPxC, choice_BxSxK, _, _, _ = model.decide(h_BxSxD, t, hist, valid_BxS, s, inference=True)
-        c = d.idx_BxPxC.shape[2]
-        x_BxPxCxD = dsp.gather_tokens(h_BxSxD, d)
-        pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
-        x_PxBxCxD = jnp.swapaxes(x_BxPxCxD, 0, 1)
-        q, k, v = model.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1))
-        k_BxSxGxK, v_BxSxGxK, kv_ok_BxS, carry = kv_slot(*_shared_kv(k, v, d), carry, model.kv_skip)
-        cache = _write(cache, slot, at_BxS, k_BxSxGxK, v_BxSxGxK, kv_ok_BxS & valid_BxS)
-        cache = _write_route(cache, t, at_BxS, _first_kept_layer(choice_BxSxK, d.kept_BxSxK, p))
-        mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
-        mask_PxBx1xCxM = jnp.moveaxis(mask.reshape(b, 1, p, c, -1), 2, 0)
-        y_PxBxCxD = model.pool_finish(x_PxBxCxD, q, *cache.slot(slot),
-                                      mask_PxBx1xCxM, from_cache=True)
-        delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * gate_BxPxC[..., None].astype(
-            x_BxPxCxD.dtype)
-        h_BxSxD = dsp.combine(h_BxSxD, delta_BxPxCxD, d)
-        hist = hist.update(choice_BxSxK, d.kept_BxSxK, p)
-    return h_BxSxD, cache
+        state, _ = model.route_step(state, t, pos_BxS=pos_BxS, valid_BxS=valid_BxS, capacity=s,
+                                    inference=True)
+    return state.h_BxSxD, state.kv.cache
+
+
+@struct.dataclass
+class CacheKV:
+    """Decoding's KV source for RadialLM.route_step: step t's keys/values are written into cache slot
+    `first_slot + t` and attention reads the whole slot (the training counterpart: SequenceKV)."""
+    cache: KVCache
+    pos_BxS: jax.Array    # int32 positions of the chunk's tokens
+    at_BxS: jax.Array     # int32 where they are stored; M (out of range) for padding
+    valid_BxS: jax.Array  # bool real tokens
+    first_slot: int = struct.field(pytree_node=False)
+    from_cache = True     # keys/values in the cache's layout
+
+    def attend(self, t: int, k_BxSxGxK, v_BxSxGxK, present_BxS, route: Route):
+        """(keys, values, mask [B, 1, P*C, M], CacheKV with the step's slot and route written)."""
+        slot, d = self.first_slot + t, route.dispatch
+        cache = _write(self.cache, slot, self.at_BxS, k_BxSxGxK, v_BxSxGxK, present_BxS & self.valid_BxS)
+        cache = _write_route(cache, t, self.at_BxS, route.layer_BxS)
+        b, p, c = d.idx_BxPxC.shape
+        pos_BxQ = jnp.take_along_axis(self.pos_BxS, d.idx_BxPxC.reshape(b, p * c), axis=1)
+        return (*cache.slot(slot), _mask(cache.written_LxBxM[slot], pos_BxQ), self.replace(cache=cache))
 
 
 # --------------------------------------------------------------------------- batch-1 path
@@ -238,29 +233,13 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
         router_weights = lambda t: weights.router[t]
     hist, carry = History.empty(1, 1, p), None
     for t in range(model.steps):
-        choice_K, gate_K = _decide_one(model, t, model.router.apply(h_1x1xD, router_weights(t)), hist)
+        logits_1x1xR = model.router.apply(h_1x1xD, router_weights(t))
+        choice_K, gate_K = decide_one(logits_1x1xR, model.routing, t, hist, model.router.select_bias[t])
         step = _step_top1 if choice_K.shape[0] == 1 else _step_top_k
         h_1x1xD, cache, carry = step(model, layer, t, h_1x1xD, pos_1x1, cache, carry, choice_K, gate_K)
         hist = hist.update(choice_K[None, None], (choice_K < p)[None, None], p)
     cache = cache.replace(length_B=cache.length_B + 1)
     return model.embedder.decode(h_1x1xD)[:, 0], cache
-
-
-def _decide_one(model, t: int, logits_1x1xR, hist: History):
-    """(choices [K] in [0, P], P = skip; gates [K]) of one token at step t, as training decides."""
-    p, r = model.pool_size, model.routing
-    allowed_1x1xP = allowed_layers(hist, reuse=r.reuse, order=r.order)
-    if r.policy == "token_choice" and r.top_k == 1:
-        choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0],
-                                   model.router.select_bias[t], skip=r.skip)
-        return choice[None], gate_value(prob, r.gate)[None]
-    valid_1x1 = jnp.ones((1, 1), bool)
-    masked, p_skip = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, r.skip)
-    if r.policy == "fixed":
-        dec = fixed_choice(masked, t, p, valid_1x1)
-        return dec.choice_BxSxK[0, 0], dec.gate_BxSxK[0, 0]
-    dec = token_choice(masked, r.top_k, model.router.select_bias[t], p_skip)
-    return dec.choice_BxSxK[0, 0], gate_value(dec.gate_BxSxK[0, 0], r.gate)
 
 
 def _zero_qkv(layer, h_1x1xD, pos_1x1):

@@ -8,6 +8,7 @@ from flax import nnx
 
 from radial_jax.model.embed import Embedder
 from radial_jax.model.layers import Block, attention_mask
+from radial_jax.model.outputs import ModelAux
 from radial_jax.parallel.constrain import with_logical_constraint
 
 BSD = ("batch", "length", "embed")
@@ -25,11 +26,12 @@ class DenseLM(nnx.Module):
             Block(**block_kwargs, norm_eps=norm_eps, init_std=init_std, n_residual_layers=n_layers,
                   dtype=dtype, rngs=rngs) for _ in range(n_layers)])
 
-    def __call__(self, tokens_BxS: jax.Array, pos_BxS: jax.Array, seg_BxS: jax.Array):
-        """Logits [B, S, V] (float32) and a dict of auxiliary scalars (none for dense)."""
+    def __call__(self, tokens_BxS: jax.Array, pos_BxS: jax.Array, seg_BxS: jax.Array
+                 ) -> tuple[jax.Array, ModelAux]:
+        """Logits [B, S, V] (float32) and an empty ModelAux (no routing, no auxiliary losses)."""
         idx_BxS = jnp.broadcast_to(jnp.arange(tokens_BxS.shape[1]), tokens_BxS.shape)
         mask = attention_mask(seg_BxS, idx_BxS, seg_BxS, idx_BxS)
         h_BxSxD = with_logical_constraint(self.embedder.encode(tokens_BxS, pos_BxS), BSD)
         for block in self.blocks:
             h_BxSxD = with_logical_constraint(block(h_BxSxD, pos_BxS, mask), BSD)
-        return self.embedder.decode(h_BxSxD), {}
+        return self.embedder.decode(h_BxSxD), ModelAux()

@@ -111,6 +111,15 @@ def fixed_choice(logits_BxSxR: jax.Array, t: int, pool_size: int, valid_BxS: jax
                     probs)
 
 
+def policy_choice(logits_BxSxR: jax.Array, policy: str, t: int, valid_BxS: jax.Array, *, top_k: int,
+                  select_bias_P: jax.Array | None, skip_prob_BxS: jax.Array | None = None) -> Decision:
+    """The per-token decision of a causal policy (`fixed` or `token_choice`) at step t, from the
+    constrained logits (see `token_choice` for the other arguments)."""
+    if policy == "fixed":
+        return fixed_choice(logits_BxSxR, t, logits_BxSxR.shape[-1] - 1, valid_BxS)
+    return token_choice(logits_BxSxR, top_k, select_bias_P, skip_prob_BxS)
+
+
 def gate_value(prob: jax.Array, mode: str) -> jax.Array:
     """The multiplier of a block's residual delta: the router probability (`prob`), or 1 with the
     probability's gradient (`straight_through`), so the block's update keeps its full size while

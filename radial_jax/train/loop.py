@@ -36,7 +36,7 @@ def evaluate(eval_step, params, batches: list[dict]) -> dict[str, float]:
 def _route_trace(graphdef, params, tokens, positions, segment_ids):
     """[T, B, S] pool layer each token ran at each step (P = skipped)."""
     _, aux = nnx.merge(graphdef, params)(tokens, positions, segment_ids, return_trace=True)
-    return aux["trace_TxBxS"]
+    return aux.trace_TxBxS
 
 
 def write_heatmap(run_dir: Path, writer: MetricWriter, step: int, graphdef, params, batch: dict,

@@ -1,8 +1,9 @@
 """The train and eval steps: pure functions of (state, batch), jitted by the loop.
 
 A batch is a dict of int32 [B, S] arrays: inputs, targets, positions, segment_ids, and loss_mask.
-Model auxiliary outputs whose names start with `loss/` are already weighted and are added to the
-objective; every auxiliary output is reported as a metric.
+A model returns its logits and a ModelAux: metrics, reported as they are, and unweighted auxiliary
+loss terms, which `weighted_aux_losses` weighs by the routing config (the one place that does) and
+the objective adds; each weighted term is reported as `loss/<name>`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from radial_jax.config import RoutingConfig
+from radial_jax.model.outputs import AuxLosses, ModelAux
 from radial_jax.train.loss import masked_sum_and_count, token_nll
 
 
@@ -30,21 +33,44 @@ def init_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 
 def forward(graphdef: nnx.GraphDef, params, batch: dict, inference: bool = False
-            ) -> tuple[jax.Array, dict]:
+            ) -> tuple[jax.Array, ModelAux]:
     """`inference` (radial models): route as decoding does, without capacity."""
     model = nnx.merge(graphdef, params)
     kw = {"inference": True} if inference else {}
     return model(batch["inputs"], batch["positions"], batch["segment_ids"], **kw)
 
 
+def weighted_aux_losses(losses: AuxLosses, routing: RoutingConfig | None) -> dict[str, jax.Array]:
+    """{"loss/<name>": weight * term} for each present term, weighted by `routing` (None: a model
+    without routing, which has no terms). `balance_bias` has weight 1: `routing.balance_rate` sizes
+    its step in the optimizer."""
+    terms = losses.terms()
+    if not terms:
+        return {}
+    weights = {"load_balance": routing.load_balance_weight, "z": routing.z_loss_weight,
+               "compute": routing.compute_weight, "skip_predict": routing.skip_predict_weight,
+               "balance_bias": 1.0}
+    return {f"loss/{name}": weights[name] * term for name, term in terms.items()}
+
+
+
+def train_forward(graphdef: nnx.GraphDef, params, batch: dict) -> tuple[jax.Array, dict, jax.Array]:
+    """(logits, metrics, weighted aux-loss total) of a training forward pass: the model's metrics and
+    each weighted term as `loss/<name>`, weighted by the routing config the model was built with (a
+    dense model has neither)."""
+    model = nnx.merge(graphdef, params)
+    logits, aux = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    weighted = weighted_aux_losses(aux.losses, getattr(model, "routing", None))
+    return logits, {**aux.metrics, **weighted}, sum(weighted.values(), jnp.zeros((), jnp.float32))
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     lr_fn: Callable) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     def loss_fn(params, batch):
-        logits, aux = forward(graphdef, params, batch)
+        logits, metrics, aux_loss = train_forward(graphdef, params, batch)
         nll_sum, count = masked_sum_and_count(token_nll(logits, batch["targets"]), batch["loss_mask"])
         ce = nll_sum / jnp.maximum(count, 1.0)
-        extra = sum((v for k, v in aux.items() if k.startswith("loss/")), jnp.zeros((), jnp.float32))
-        return ce + extra, {"train/ce": ce, "train/tokens": count, **aux}
+        return ce + aux_loss, {"train/ce": ce, "train/tokens": count, **metrics}
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -74,7 +100,7 @@ def make_eval_step(graphdef: nnx.GraphDef, token_bytes, inference: bool = False
         nll_sum, count = masked_sum_and_count(token_nll(logits, batch["targets"]), batch["loss_mask"])
         nbytes = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"].astype(jnp.float32))
         return {"nll": nll_sum, "tokens": count, "bytes": nbytes,
-                **{k: v for k, v in aux.items() if not k.startswith("loss/")}}
+                **aux.metrics}
 
     return eval_step
 
