@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip || exit 1
 # The pinned torch first, so the test extra's unpinned `torch` is met and never pulls another (multi-GB) build.
 .venv/bin/python -m pip install --quiet torch==2.13.0 || exit 1
-.venv/bin/python -m pip install --quiet -e ".[test]" || exit 1
+.venv/bin/python -m pip install --quiet -e ".[test,tpu]" || exit 1
 .venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

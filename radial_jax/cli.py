@@ -124,6 +124,19 @@ def _cmd_bench(args) -> int:
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
+def _cmd_compile(args) -> int:
+    from radial_jax.aot import command
+
+    n = command.needs_cpu_reexec(args.topology)
+    if n is not None:
+        argv = ["compile", args.config, "--topology", args.topology, "--slices", str(args.slices),
+                *(["--out", args.out] if args.out else []), *(["--hlo", args.hlo] if args.hlo else []),
+                *args.overrides]
+        return command.reexec_with_cpu_devices(n, argv)
+    command.run(args.config, args.topology, args.slices, args.out, args.overrides, hlo=args.hlo)
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from pathlib import Path
 
@@ -148,6 +161,21 @@ def _cmd_report(args) -> int:
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """A subcommand whose overrides may follow its options: `CONFIG --topology T key=value ...`."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:  # parse_known_intermixed_args calls back into this method
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "makes them; 1: one call per token, each paying dispatch and readback)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
+
+    co = sub.add_parser("compile", help="compile the train step ahead of time for a TPU topology (or cpu:N) "
+                                        "on this host: memory per device, FLOPs, collectives, roofline MFU")
+    co.add_argument("config", help="YAML config, e.g. configs/radial_1b.yaml")
+    co.add_argument("--topology", required=True, metavar="NAME",
+                    help="TPU slice such as v5p:4x4x4, v5e:16x16, v6e:8x8 (needs pip install '.[tpu]'), "
+                         "or cpu:N")
+    co.add_argument("--slices", type=int, default=1, help="TPU slices joined by the data-center network")
+    co.add_argument("--out", default=None, help="write the JSON report here")
+    co.add_argument("--hlo", default=None, help="write the compiled program's HLO text here")
+    co.add_argument("overrides", nargs="*", help="section.key=value, e.g. mesh.fsdp=-1 mesh.pool=4")
+    co.set_defaults(fn=_cmd_compile)
+    co.__class__ = _IntermixedParser
 
     sw = sub.add_parser("sweep", help="train the arms of a sweep file one after another (resumable), "
                                       "or --dry-run / --emit them")

@@ -150,6 +150,8 @@ class TrainConfig:
     on_nonfinite: Literal["skip", "stop"] = _f(
         "skip", "a step with NaN/inf loss or gradients: skip its update (counted) or stop the run")
     max_nonfinite: int = _f(10, "skip: stop anyway after this many non-finite steps in a row", lo=1)
+    peak_tflops: float = _f(0.0, "peak TFLOP/s of one device for perf/mfu (0 = the chip's from "
+                                 "parallel/chips.py; on CPU, measured once by a matmul probe)", lo=0.0)
 
 
 @dataclass(frozen=True)

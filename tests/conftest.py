@@ -16,6 +16,10 @@ _XLA_CACHE = Path(os.environ.get("RADIAL_TEST_XLA_CACHE")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_XLA_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# libtpu (the `tpu` extra, for `radial compile` tests) on a host without TPUs: no metadata queries, and
+# no exclusive lock, so test processes running side by side can all load it.
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,18 @@ class FlopsPerToken:
                 + head_flops(cfg))
 
 
+def active_train_flops(cfg: Config, active_depth: float | None = None) -> float:
+    """Training FLOPs per token that do useful work: dense, all of them; radial, the prefix, routers
+    and head plus `active_depth` blocks (`route/active_depth`: prefix + pool blocks a token ran,
+    averaged), forward + backward. Without `active_depth`, the static-shape count."""
+    f = flops_per_token(cfg)
+    if cfg.model.kind == "dense" or active_depth is None:
+        return f.train
+    m = cfg.model
+    blk = block_flops(cfg, cfg.data.seq_len)
+    return 3 * (active_depth * blk + m.steps * router_flops(cfg) + head_flops(cfg))
+
+
 def flops_per_token(cfg: Config) -> FlopsPerToken:
     m, s = cfg.model, cfg.data.seq_len
     blk = block_flops(cfg, s)

@@ -11,6 +11,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from radial_jax.config import ConfigError, MeshConfig
@@ -49,7 +50,15 @@ def make_mesh(m: MeshConfig, devices: list | None = None) -> Mesh:
     shape = mesh_shape(m, len(devices))
     sizes = tuple(shape[a] for a in MESH_AXES)
     auto = (AxisType.Auto,) * len(MESH_AXES)
-    if len(devices) == len(jax.devices()):  # topology-aware device order (TPU rings, hosts)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:  # multi-slice: only `data` crosses the data-center network between slices
+        if shape["data"] % slices:
+            raise MeshError(f"{_fmt(shape)} over {slices} slices: mesh.data must be a multiple of the "
+                            f"slice count {slices} (only data parallelism spans slices)")
+        ici = (shape["data"] // slices, *sizes[1:])
+        grid = mesh_utils.create_hybrid_device_mesh(ici, (slices, 1, 1, 1), devices)
+        return Mesh(grid, MESH_AXES, axis_types=auto)
+    if len(devices) == len(jax.devices()) or devices[0].platform == "tpu":  # topology-aware order
         return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices)
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=auto)
 

@@ -94,7 +94,8 @@ class ShardingPlan:
 
     def jit(self, fn: Callable, in_shardings: Any, out_shardings: Any,
             donate_argnums: tuple[int, ...] = ()) -> Callable:
-        """`jax.jit` with explicit shardings; traced with this plan's activation constraints active."""
+        """`jax.jit` with explicit shardings; traced with this plan's activation constraints active.
+        `.lower(*args)` lowers it the same way (`radial compile`)."""
         jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                          donate_argnums=donate_argnums)
 
@@ -102,6 +103,11 @@ class ShardingPlan:
             with active(self.mesh, self.rules):
                 return jitted(*args)
 
+        def lower(*args):  # ahead-of-time: args may be sharded ShapeDtypeStructs
+            with active(self.mesh, self.rules):
+                return jitted.lower(*args)
+
+        call.lower = lower
         return call
 
     def jit_train_step(self, step: Callable, abstract: TrainState, batch_shape: tuple[int, int]):

@@ -22,6 +22,7 @@ from radial_jax.train.guard import check_resume, describe_changes, record_change
 from radial_jax.train.metrics import MetricWriter, console_line, say
 from radial_jax.train.nonfinite import NonFiniteError, enforce, new_tally, take, tally
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
+from radial_jax.train.perf import peak_flops, perf_metrics
 from radial_jax.train.preflight import check_free_space, prepare_run_dir
 from radial_jax.train.signals import Interrupted, StopRequest
 from radial_jax.train.step import make_eval_step, make_train_step, summarize_eval
@@ -90,6 +91,8 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     say(f"model: {cfg.model.kind}, {n_params:,} parameters; {describe_flops(cfg)}")
+    peak, peak_source = peak_flops(cfg)
+    say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device: {peak_source}")
     say(plan.describe_state(abstract))
 
     check_free_space(run_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)),
@@ -141,6 +144,8 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
                 step_time = (now - interval_start) / interval_steps
                 values["perf/step_time_s"] = step_time
                 values["perf/tokens_per_s"] = tokens_per_step / step_time
+                values.update(perf_metrics(cfg, values["perf/tokens_per_s"], plan.mesh.size, peak,
+                                           values.get("route/active_depth")))
                 interval_start, interval_steps = now, 0
                 writer.scalars(step, values)
                 last.update(values)

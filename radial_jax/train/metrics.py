@@ -103,7 +103,7 @@ def console_line(step: int, total: int, values: dict[str, float], eta_s: float |
     for key, fmt in (("train/loss", "loss {:.4f}"), ("eval/loss", "eval {:.4f}"),
                      ("train/grad_norm", "gnorm {:.2f}"), ("train/lr", "lr {:.2e}"),
                      ("route/active_depth", "depth {:.2f}"), ("route/drop_rate", "drop {:.3f}"),
-                     ("perf/tokens_per_s", "{:,.0f} tok/s")):
+                     ("perf/tokens_per_s", "{:,.0f} tok/s"), ("perf/mfu", "mfu {:.1%}")):
         if key in values:
             parts.append(fmt.format(values[key]))
     if eta_s is not None:

@@ -1,0 +1,115 @@
+"""Lower and compile the train step `radial train` runs, for a topology's devices, over abstract state
+and batch (sharded ShapeDtypeStructs: nothing is allocated), and read what the compiler says about it:
+memory per device, FLOPs, collectives."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from radial_jax.aot.hlo import CollectiveSummary, parse_collectives
+from radial_jax.aot.topology import Topology
+from radial_jax.config import Config, ConfigError
+from radial_jax.model.build import build_model
+from radial_jax.parallel.plan import ShardingPlan
+from radial_jax.train.optimizer import lr_schedule, make_optimizer
+from radial_jax.train.step import TrainState, make_train_step
+
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "positions": jnp.int32,
+                "segment_ids": jnp.int32, "loss_mask": jnp.float32}
+
+
+@dataclass
+class Compiled:
+    """What one compile gives: the plan it ran under, the compiler's analyses and timings."""
+
+    plan: ShardingPlan
+    abstract: TrainState
+    n_params: int
+    memory: dict[str, int]      # per device: argument, output, alias, temp, code, total
+    flops: float                # per device per step, from cost_analysis
+    bytes_accessed: float       # per device per step (HBM traffic), from cost_analysis
+    collectives: CollectiveSummary
+    lower_s: float
+    compile_s: float
+    hlo_text: str
+
+
+def check_divisible(plan: ShardingPlan, abstract: TrainState) -> None:
+    """A parameter dimension that a rule puts on a mesh axis the dimension does not divide is left
+    whole (replicated) by the rules: refuse, naming the parameter, dimension and axis."""
+    bad = []
+    for path, var in nnx.to_flat_state(abstract.params):
+        names = tuple(var.get_metadata().get("out_sharding") or ())
+        if not names:
+            continue
+        shape = var.value.shape
+        want = plan.rules.spec(names, None, plan.mesh_shape)
+        got = plan.rules.spec(names, shape, plan.mesh_shape)
+        for dim, (w, g, logical) in enumerate(zip(want, got, names, strict=True)):
+            w = (w,) if isinstance(w, str) else tuple(w or ())
+            g = (g,) if isinstance(g, str) else tuple(g or ())
+            for axis in (a for a in w if a not in g):
+                bad.append(f"{'.'.join(map(str, path))} dimension {dim} ({logical}, size {shape[dim]}) "
+                           f"over mesh axis {axis} (size {plan.mesh_shape[axis]})")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise ConfigError("the config does not divide over the mesh: " + "; ".join(bad[:5]) + more +
+                          "; change the model sizes or mesh.* so each divides, or map the logical axis "
+                          "elsewhere with mesh.rules_override")
+
+
+def abstract_batch(plan: ShardingPlan, batch_shape: tuple[int, int]) -> dict:
+    sharding = plan.batch_sharding(batch_shape)
+    return {k: jax.ShapeDtypeStruct(batch_shape, d, sharding=sharding) for k, d in BATCH_DTYPES.items()}
+
+
+def _memory(compiled) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    out = {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
+           "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes,
+           "code": m.generated_code_size_in_bytes}
+    # Donated state: outputs alias their arguments and take no memory of their own.
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["code"]
+    return {k: int(v) for k, v in out.items()}
+
+
+def _cost(compiled) -> dict[str, Any]:
+    cost = compiled.cost_analysis()
+    return (cost[0] if isinstance(cost, list | tuple) else cost) or {}
+
+
+def compile_train_step(cfg: Config, topology: Topology) -> Compiled:
+    """Raises ConfigError (mesh, batch, divisibility) before anything is traced."""
+    plan = ShardingPlan.from_config(cfg, topology.devices)
+    tx = make_optimizer(cfg.train, cfg.routing.balance_rate)
+    graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
+    check_divisible(plan, abstract)
+    batch_shape = (cfg.data.batch_size, cfg.data.seq_len)
+    step = plan.jit_train_step(make_train_step(graphdef, tx, lr_schedule(cfg.train)), abstract,
+                               batch_shape)
+    t0 = time.perf_counter()
+    lowered = step.lower(abstract, abstract_batch(plan, batch_shape))
+    t1 = time.perf_counter()
+    # An executable for devices that are not here cannot be read back from the persistent cache.
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", topology.chip is None and cache)
+    try:
+        compiled = lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+    t2 = time.perf_counter()
+    cost = _cost(compiled)
+    text = compiled.as_text()
+    return Compiled(plan=plan, abstract=abstract,
+                    n_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
+                    memory=_memory(compiled), flops=float(cost.get("flops", 0.0)),
+                    bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+                    collectives=parse_collectives(text, topology.n_devices),
+                    lower_s=t1 - t0, compile_s=t2 - t1, hlo_text=text)

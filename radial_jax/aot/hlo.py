@@ -1,0 +1,131 @@
+"""Collectives of a compiled (SPMD-partitioned, per-device) HLO program, from its text.
+
+Counted per kind: every synchronous collective instruction and every asynchronous `-start` (its
+`-done` is the same transfer). The TPU compiler writes a reduce-scatter as an all-reduce followed by a
+slice, inside a computation named `all-reduce-scatter`: those count as reduce-scatters. An
+instruction's `bytes` is the largest buffer it touches on one device: the gathered result of an
+all-gather, the whole unreduced buffer of a reduce-scatter, the operand of the others. `wire_bytes`
+estimates what one device sends over a ring: (G-1)/G of the buffer, twice for an all-reduce
+(reduce-scatter + all-gather), once for a collective-permute. Collectives inside while-loop bodies
+are counted once, as written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_OP = re.compile(r"=\s*(?P<result>.*?)\s(?P<op>" + "|".join(KINDS) + r")(?P<start>-start)?\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%(?P<name>[\w.-]+)\s")
+_SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
+_GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
+
+@dataclass
+class Collective:
+    kind: str
+    bytes: int
+    group: int
+    shape: str  # the first operand's type, e.g. bf16[20,2048,16,128]
+
+    @property
+    def wire_bytes(self) -> float:
+        share = (self.group - 1) / max(self.group, 1)
+        if self.kind == "all-reduce":
+            return 2 * share * self.bytes
+        if self.kind == "collective-permute":
+            return float(self.bytes)
+        return share * self.bytes
+
+
+@dataclass
+class CollectiveSummary:
+    ops: list[Collective] = field(default_factory=list)
+
+    def by_kind(self) -> dict[str, dict]:
+        out = {k: {"count": 0, "bytes": 0, "wire_bytes": 0.0} for k in KINDS}
+        for c in self.ops:
+            row = out[c.kind]
+            row["count"] += 1
+            row["bytes"] += c.bytes
+            row["wire_bytes"] += c.wire_bytes
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.bytes for c in self.ops)
+
+    @property
+    def wire_bytes(self) -> float:
+        return sum(c.wire_bytes for c in self.ops)
+
+    def largest(self, n: int = 10) -> list[dict]:
+        """The `n` (kind, operand type) pairs moving the most bytes, with their counts."""
+        agg: dict[tuple, list] = {}
+        for c in self.ops:
+            row = agg.setdefault((c.kind, c.shape), [0, 0])
+            row[0] += 1
+            row[1] += c.bytes
+        top = sorted(agg.items(), key=lambda kv: -kv[1][1])[:n]
+        return [{"kind": k, "operand": s, "count": n_, "bytes": b} for (k, s), (n_, b) in top]
+
+
+def _array_bytes(text: str) -> list[tuple[str, int]]:
+    out = []
+    for dtype, dims in _SHAPE.findall(text):
+        if dtype not in _DTYPE_BYTES:
+            continue
+        n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+        out.append((f"{dtype}[{dims}]", n * _DTYPE_BYTES[dtype]))
+    return out
+
+
+def _group_size(line: str, n_devices: int) -> int:
+    if m := _GROUPS_MESH.search(line):  # mesh['axis_0'=4,'axis_1'=1] {'axis_0'}
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+        return int(np.prod([int(sizes[a]) for a in re.findall(r"'([^']+)'", m.group(2)) if a in sizes]))
+    if m := _GROUPS_IOTA.search(line):
+        return int(m.group(2))
+    if m := _GROUPS_LIST.search(line):
+        return len([x for x in m.group(1).split(",") if x])
+    return n_devices
+
+
+def _bytes(kind: str, start: bool, arrays: list[int], group: int) -> int:
+    """One device's largest buffer of the collective, from its result type."""
+    if start and kind in ("all-gather", "collective-permute"):  # (operands..., outputs..., [u32 flags])
+        half = len(arrays) // 2 if kind == "all-gather" else 1
+        return sum(arrays[half:]) if kind == "all-gather" else arrays[0]
+    if kind == "reduce-scatter":
+        return sum(arrays) * group
+    return sum(arrays)
+
+
+def parse_collectives(hlo_text: str, n_devices: int) -> CollectiveSummary:
+    summary, computation = CollectiveSummary(), ""
+    for line in hlo_text.splitlines():
+        if c := _COMPUTATION.match(line):
+            computation = c.group("name")
+            continue
+        m = _OP.search(line)
+        if not m:
+            continue
+        kind, start = m.group("op"), bool(m.group("start"))
+        arrays = _array_bytes(m.group("result"))
+        if not arrays:
+            continue
+        if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
+            kind = "reduce-scatter"  # all-reduce + slice: the result is the whole buffer already
+            group = _group_size(line, n_devices)
+            summary.ops.append(Collective(kind, sum(b for _, b in arrays), group, arrays[0][0]))
+            continue
+        group = _group_size(line, n_devices)
+        nbytes = _bytes(kind, start, [b for _, b in arrays], group)
+        summary.ops.append(Collective(kind, nbytes, group, arrays[0][0]))
+    return summary

@@ -1,0 +1,100 @@
+"""The compile report: memory against the chip's HBM, compiled vs analytic FLOPs, collectives, and a
+roofline estimate of step time and MFU. Pure functions of a `Compiled` and the config."""
+
+from __future__ import annotations
+
+from radial_jax.aot.compile import Compiled
+from radial_jax.aot.hlo import KINDS
+from radial_jax.aot.topology import Topology
+from radial_jax.config import Config
+from radial_jax.model.flops import flops_per_token
+
+GiB = 2**30
+
+
+def roofline(flops: float, model_flops: float, hbm_bytes: float, wire_bytes: float, chip) -> dict:
+    """Per device: each resource's time at its peak, the step at the slowest of them (perfect overlap,
+    so a lower bound), and the MFU that step gives the model's FLOPs."""
+    compute_s = flops / chip.peak_bf16_flops
+    memory_s = hbm_bytes / chip.hbm_bytes_per_s
+    comm_s = wire_bytes / chip.ici_bytes_per_s
+    step_s = max(compute_s, memory_s, comm_s)
+    bound = {compute_s: "compute", memory_s: "HBM bandwidth", comm_s: "interconnect"}[step_s]
+    return {"compute_s": compute_s, "hbm_s": memory_s, "interconnect_s": comm_s, "step_s": step_s,
+            "bound_by": bound, "mfu": model_flops / (step_s * chip.peak_bf16_flops) if step_s else 0.0}
+
+
+def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled) -> dict:
+    n = topology.n_devices
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    f = flops_per_token(cfg)
+    analytic = f.train * tokens / n
+    report = {
+        "config": config_path, "topology": topology.name, "slices": topology.slices, "devices": n,
+        "chip": topology.chip.name if topology.chip else "cpu",
+        "mesh": c.plan.mesh_shape, "rules": c.plan.rules.name, "kind": cfg.model.kind,
+        "params": c.n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len],
+        "memory_per_device": c.memory,
+        "flops_per_device": {"compiled": c.flops, "analytic": analytic,
+                             "compiled_over_analytic": c.flops / analytic if analytic else None},
+        "hbm_bytes_accessed_per_device": c.bytes_accessed,
+        "collectives": {"by_kind": c.collectives.by_kind(), "bytes": c.collectives.total_bytes,
+                        "wire_bytes": c.collectives.wire_bytes, "largest": c.collectives.largest()},
+        "lower_s": c.lower_s, "compile_s": c.compile_s,
+    }
+    if cfg.model.kind == "radial":
+        # Static shapes: every capacity slot of every step runs (flops_per_token.train); routes that
+        # fill fewer slots do less useful work. Dense equivalent: the same blocks run by every token.
+        report["flops_per_device"]["analytic_dense_equivalent"] = 3 * f.dense_equivalent * tokens / n
+        report["flops_per_device"]["compiled_active_fraction"] = f.forward / f.dense_equivalent
+    if topology.chip is not None:
+        chip = topology.chip
+        total = c.memory["total"]
+        report["hbm_per_device"] = chip.hbm_bytes
+        report["fits"] = total <= chip.hbm_bytes
+        report["headroom_fraction"] = 1 - total / chip.hbm_bytes
+        report["roofline"] = roofline(c.flops, analytic, c.bytes_accessed, c.collectives.wire_bytes, chip)
+        report["chip_source"] = chip.source
+    return report
+
+
+def format_report(r: dict) -> str:
+    mem, fl, col = r["memory_per_device"], r["flops_per_device"], r["collectives"]
+    mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
+    lines = [f"{r['config']} ({r['kind']}, {r['params']:,} parameters, batch {r['batch'][0]} x "
+             f"{r['batch'][1]}) on {r['topology']}" + (f" x {r['slices']} slices" if r["slices"] > 1 else "")
+             + f": {r['devices']} {r['chip']} devices, mesh {mesh}, rules {r['rules']}",
+             "", "| memory per device | GiB |", "|---|---|"]
+    for k in ("argument", "output", "alias", "temp", "code", "total"):
+        lines.append(f"| {k} | {mem[k] / GiB:.3f} |")
+    if "fits" in r:
+        hbm = r["hbm_per_device"] / GiB
+        verdict = (f"FITS ({100 * r['headroom_fraction']:.0f}% headroom)" if r["fits"] else
+                   f"DOES NOT FIT BY {(mem['total'] - r['hbm_per_device']) / GiB:.2f} GiB")
+        lines.append(f"| HBM of a {r['chip']} | {hbm:.1f} |\n\n**{verdict}**")
+    lines += ["", "| FLOPs per device per step | TFLOP |", "|---|---|",
+              f"| compiled (cost analysis) | {fl['compiled'] / 1e12:.4f} |",
+              f"| analytic (model/flops.py) | {fl['analytic'] / 1e12:.4f} |"]
+    if "analytic_dense_equivalent" in fl:
+        lines.append(f"| dense model of the same blocks | {fl['analytic_dense_equivalent'] / 1e12:.4f} |")
+        lines.append(f"| compiled active fraction | {fl['compiled_active_fraction']:.2f} |")
+    if fl["compiled_over_analytic"]:
+        lines.append(f"| compiled / analytic | {fl['compiled_over_analytic']:.3f} |")
+    lines += ["", "| collective | count | GiB per device | wire GiB (ring estimate) |", "|---|---|---|---|"]
+    for k in KINDS:
+        row = col["by_kind"][k]
+        lines.append(f"| {k} | {row['count']} | {row['bytes'] / GiB:.3f} | {row['wire_bytes'] / GiB:.3f} |")
+    lines.append(f"| all | {sum(v['count'] for v in col['by_kind'].values())} | {col['bytes'] / GiB:.3f} | "
+                 f"{col['wire_bytes'] / GiB:.3f} |")
+    if col["largest"]:
+        lines += ["", "largest collectives: " + "; ".join(
+            f"{x['count']} x {x['kind']} {x['operand']} ({x['bytes'] / GiB:.2f} GiB)"
+            for x in col["largest"][:5])]
+    lines.append(f"\ncompile: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s")
+    if "roofline" in r:
+        rf = r["roofline"]
+        lines.append(f"roofline per step: compute {rf['compute_s'] * 1e3:.1f} ms, "
+                     f"HBM {rf['hbm_s'] * 1e3:.1f} ms, interconnect {rf['interconnect_s'] * 1e3:.1f} ms "
+                     f"-> {rf['step_s'] * 1e3:.1f} ms "
+                     f"({rf['bound_by']}-bound), MFU at most {100 * rf['mfu']:.1f}%")
+    return "\n".join(lines)
