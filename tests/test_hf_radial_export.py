@@ -55,13 +55,13 @@ def exported(request, run_dir, tmp_path_factory):
     return loaded, out, hf
 
 
-def hf_generate(hf, prompts, **kwargs):
+def hf_generate(hf, prompts, new=NEW, **kwargs):
     """New tokens of each prompt from transformers' generate(), prompts left-padded."""
     m = max(map(len, prompts))
     ids = torch.tensor([[PAD] * (m - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (m - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=None, **kwargs)
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, eos_token_id=None, **kwargs)
     return out[:, m:].tolist()
 
 
@@ -113,9 +113,9 @@ def test_sampling_and_beam_search_use_the_cache_as_the_full_forward_does(exporte
     runs = {}
     for use_cache in (True, False):
         torch.manual_seed(0)
-        runs[use_cache] = (hf_generate(hf, PROMPTS, do_sample=True, temperature=0.8, top_k=50,
+        runs[use_cache] = (hf_generate(hf, PROMPTS, 16, do_sample=True, temperature=0.8, top_k=50,
                                        use_cache=use_cache),
-                           hf_generate(hf, PROMPTS, num_beams=3, do_sample=False, use_cache=use_cache))
+                           hf_generate(hf, PROMPTS, 16, num_beams=3, do_sample=False, use_cache=use_cache))
     assert runs[True] == runs[False]
 
 
