@@ -69,7 +69,7 @@ def test_the_directory_is_self_contained_remote_code(exported):
     loaded, out, hf = exported
     doc = json.loads((out / "config.json").read_text())
     assert doc["auto_map"]["AutoModelForCausalLM"] == "modeling_radial.RadialForCausalLM"
-    template = ROOT / "radial_jax/io/hf_radial/modeling_radial.py"
+    template = ROOT / "radial_jax/io/hf_radial/template/modeling_radial.py"
     assert (out / "modeling_radial.py").read_text() == template.read_text()
     assert type(hf).__name__ == "RadialForCausalLM" and hf.config.routing_skip == "learned"
     tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)

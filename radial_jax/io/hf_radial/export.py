@@ -2,7 +2,7 @@
 
 `write_hf_radial` writes config.json (with `auto_map`, so `AutoModelForCausalLM.from_pretrained(dir,
 trust_remote_code=True)` finds the classes), configuration_radial.py and modeling_radial.py (copied
-verbatim from this package: the one template of the PyTorch model), model.safetensors with torch
+verbatim from template/: the one template of the PyTorch model), model.safetensors with torch
 names and layouts, generation_config.json, and the tokenizer files (tokenizer.py).
 
 Our attention weights are [D, H, K] (q/k/v) and [H, K, D] (out), MLP weights [in, out]; a torch Linear
@@ -17,10 +17,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from radial_jax.config import Config, ConfigError, ff_dim, head_dim
 from radial_jax.io.hf_radial.tokenizer import write_tokenizer_files
 
+# Not a package (no __init__.py): radial_jax never imports these files, which import torch.
+TEMPLATE_DIR = Path(__file__).parent / "template"
 TEMPLATES = ("configuration_radial.py", "modeling_radial.py")
 AUTO_MAP = {"AutoConfig": "configuration_radial.RadialConfig",
             "AutoModel": "modeling_radial.RadialModel",
@@ -119,18 +122,15 @@ def write_hf_radial(cfg: Config, flat: dict[str, np.ndarray], out_dir: str | Pat
                     tokenizer=None) -> dict[str, Path]:
     """Write the remote-code directory of a radial model (flat params as export.flat_params makes
     them) to `out_dir`; returns the files written by role."""
-    from safetensors.numpy import save_file
-
     check_exportable(cfg)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     files = {"config": out / "config.json", "weights": out / "model.safetensors"}
     files["config"].write_text(json.dumps(hf_config(cfg, tokenizer), indent=2) + "\n")
     save_file(hf_tensors(cfg, flat), str(files["weights"]), metadata={"format": "pt"})
-    here = Path(__file__).parent
     for name in TEMPLATES:
         files[name.removesuffix(".py")] = out / name
-        shutil.copyfile(here / name, out / name)
+        shutil.copyfile(TEMPLATE_DIR / name, out / name)
     if tokenizer is not None:
         files["generation_config"] = out / "generation_config.json"
         files["generation_config"].write_text(json.dumps(special_token_ids(tokenizer), indent=2) + "\n")
