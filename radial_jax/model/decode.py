@@ -204,14 +204,15 @@ class CacheKV:
     first_slot: int = struct.field(pytree_node=False)
     from_cache = True     # keys/values in the cache's layout
 
-    def attend(self, t: int, k_BxSxGxK, v_BxSxGxK, present_BxS, route: Route):
-        """(keys, values, mask [B, 1, P*C, M], CacheKV with the step's slot and route written)."""
-        slot, d = self.first_slot + t, route.dispatch
+    def attend(self, t: int, k_BxSxGxK, v_BxSxGxK, present_BxS, route: Route, pos_BxPxC):
+        """(keys, values, mask [B, 1, P*C, M], CacheKV with the step's slot and route written) for
+        queries at positions pos_BxPxC."""
+        slot = self.first_slot + t
         cache = _write(self.cache, slot, self.at_BxS, k_BxSxGxK, v_BxSxGxK, present_BxS & self.valid_BxS)
         cache = _write_route(cache, t, self.at_BxS, route.layer_BxS)
-        b, p, c = d.idx_BxPxC.shape
-        pos_BxQ = jnp.take_along_axis(self.pos_BxS, d.idx_BxPxC.reshape(b, p * c), axis=1)
-        return (*cache.slot(slot), _mask(cache.written_LxBxM[slot], pos_BxQ), self.replace(cache=cache))
+        b, p, c = pos_BxPxC.shape
+        mask = _mask(cache.written_LxBxM[slot], pos_BxPxC.reshape(b, p * c))
+        return (*cache.slot(slot), mask, self.replace(cache=cache))
 
 
 # --------------------------------------------------------------------------- batch-1 path

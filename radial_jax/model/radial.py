@@ -106,7 +106,8 @@ class RadialLM(nnx.Module):
         # The step's KV slot: each processed position's keys/values from the layer that ran it.
         k_BxSxGxK, v_BxSxGxK, present_BxS, kv_carry = kv_slot(*shared_kv(k, v, d), state.kv_carry,
                                                              self.kv_skip)
-        keys, values, mask_Bx1xQxM, kv = state.kv.attend(t, k_BxSxGxK, v_BxSxGxK, present_BxS, route)
+        keys, values, mask_Bx1xQxM, kv = state.kv.attend(t, k_BxSxGxK, v_BxSxGxK, present_BxS, route,
+                                                         pos_BxPxC)
         mask_PxBx1xCxM = jnp.moveaxis(mask_Bx1xQxM.reshape(b, 1, p, c, -1), 2, 0)
         y_PxBxCxD = self.pool_finish(x_PxBxCxD, q, keys, values, mask_PxBx1xCxM, from_cache=kv.from_cache)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * route.gate_BxPxC[..., None].astype(

@@ -141,13 +141,13 @@ class SequenceKV:
     idx_BxS: jax.Array  # int32 row index of each position
     from_cache = False  # keys/values in the [B, S, G, K] layout, not the cache's
 
-    def attend(self, t: int, k_BxSxGxK, v_BxSxGxK, present_BxS, route: Route):
+    def attend(self, t: int, k_BxSxGxK, v_BxSxGxK, present_BxS, route: Route, pos_BxPxC):
         """(keys, values, mask [B, 1, P*C, S], self) that the step's P*C slots attend with."""
         d = route.dispatch
         b, p, c = d.idx_BxPxC.shape
+        seg_BxPxC = jnp.take_along_axis(self.seg_BxS[:, None, :], d.idx_BxPxC, axis=2)
         idx_BxQ = d.idx_BxPxC.reshape(b, p * c)
-        seg_BxQ = jnp.take_along_axis(self.seg_BxS, idx_BxQ, axis=1)
-        mask = attention_mask(seg_BxQ, idx_BxQ, self.seg_BxS, self.idx_BxS, present_BxS)
+        mask = attention_mask(seg_BxPxC.reshape(b, p * c), idx_BxQ, self.seg_BxS, self.idx_BxS, present_BxS)
         # Empty slots see their own row position only, so no attention row is all-masked.
         empty = ~d.ok_BxPxC.reshape(b, 1, p * c, 1) & (
             self.idx_BxS[:, None, None, :] == idx_BxQ[:, None, :, None])
