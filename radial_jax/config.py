@@ -72,6 +72,9 @@ class ModelConfig:
                                 lo=0.0, lo_open=True)
     kv_skip: Literal["mask", "carry"] = _f(
         "mask", "radial: at a step, positions not processed are masked or carry their latest K/V")
+    remat: Literal["none", "block"] = _f(
+        "none", "block: recompute each block's activations in the backward pass (prefix blocks and pool "
+                "layers) instead of keeping them: less memory for about one more forward pass")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
     rngs = nnx.Rngs(params=cfg.run.seed if seed is None else seed)
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     common = dict(vocab_size=m.vocab_size, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
-                  norm_eps=m.norm_eps, dtype=dtype, block_kwargs=block_kwargs(cfg),
+                  remat=m.remat == "block", norm_eps=m.norm_eps, dtype=dtype, block_kwargs=block_kwargs(cfg),
                   embed_kwargs=embed_kwargs(cfg), rngs=rngs)
     if m.kind == "dense":
         from radial_jax.model.dense import DenseLM

@@ -241,3 +241,10 @@ class Block(nnx.Module):
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):
         q, k, v = self.qkv(x_BxSxD, pos_BxS)
         return self.finish(x_BxSxD, q, k, v, mask_Bx1xSxS)
+
+
+def apply_block(remat: bool):
+    """(block, h, pos, mask) -> block(h, pos, mask); with `remat`, its activations are recomputed in the
+    backward pass instead of kept (jax.checkpoint), for the prefix and dense models' blocks."""
+    run = lambda block, h, pos, mask: block(h, pos, mask)
+    return nnx.remat(run) if remat else run

@@ -25,7 +25,7 @@ from flax import nnx
 from radial_jax.config import RouterConfig, RoutingConfig
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.embed import Embedder
-from radial_jax.model.layers import Block, attention_mask
+from radial_jax.model.layers import Block, apply_block, attention_mask
 from radial_jax.model.outputs import ModelAux
 from radial_jax.model.policy import History
 from radial_jax.model.route_stats import RouteStats
@@ -41,8 +41,10 @@ class RadialLM(nnx.Module):
     def __init__(self, *, vocab_size: int, pool_size: int, steps: int, prefix_layers: int,
                  capacity_factor: float, kv_skip: str, router: RouterConfig, routing: RoutingConfig,
                  tie_embeddings: bool, init_std: float, norm_eps: float, dtype, block_kwargs: dict,
-                 rngs: nnx.Rngs, embed_kwargs: dict | None = None):
+                 rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: bool = False):
+        """`remat`: recompute the prefix blocks' and pool layers' activations in the backward pass."""
         d_model = block_kwargs["d_model"]
+        self.remat = remat
         n_res = prefix_layers + pool_size
         self.pool_size, self.steps, self.prefix_layers = pool_size, steps, prefix_layers
         self.capacity_factor, self.kv_skip = capacity_factor, kv_skip
@@ -76,7 +78,7 @@ class RadialLM(nnx.Module):
         def one(state_p, *a):
             return getattr(nnx.merge(graphdef, state_p), method)(*a, **kwargs)
 
-        return jax.vmap(one, in_axes=(0, *in_axes))(state, *args)
+        return jax.vmap(jax.checkpoint(one) if self.remat else one, in_axes=(0, *in_axes))(state, *args)
 
     def pool_qkv(self, x_PxBxCxD, pos_PxBxC):
         return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0))
@@ -128,8 +130,9 @@ class RadialLM(nnx.Module):
         valid_BxS = seg_BxS != 0
         h_BxSxD = shard(self.embedder.encode(tokens_BxS, pos_BxS), BSD)
         dense_mask = attention_mask(seg_BxS, idx_BxS, seg_BxS, idx_BxS)
+        run = apply_block(self.remat)
         for block in self.prefix:
-            h_BxSxD = shard(block(h_BxSxD, pos_BxS, dense_mask), BSD)
+            h_BxSxD = shard(run(block, h_BxSxD, pos_BxS, dense_mask), BSD)
 
         state = StepState(h_BxSxD, History.empty(b, s, self.pool_size), None, SequenceKV(seg_BxS, idx_BxS))
         stats = RouteStats(self.pool_size)
