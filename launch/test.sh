@@ -11,6 +11,8 @@ fi
 # The pinned torch first, so the test extra's unpinned `torch` is met and never pulls another (multi-GB) build.
 .venv/bin/python -m pip install --quiet torch==2.13.0 || exit 1
 .venv/bin/python -m pip install --quiet -e ".[test,tpu]" || exit 1
+# The import floors in pyproject.toml ([tool.importlinter]): a module never imports from a floor above it.
+.venv/bin/lint-imports || { echo "lint-imports: an import breaks the floors in pyproject.toml"; exit 1; }
 .venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

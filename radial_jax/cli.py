@@ -8,14 +8,29 @@ import shlex
 import sys
 from pathlib import Path
 
-from radial_jax.config import ConfigError
+import jax
+
+from radial_jax.analysis.profile import parse_thresholds, run_profile
+from radial_jax.aot import command as aot_command
+from radial_jax.bench import decode as bench_decode
+from radial_jax.bench import decode_variants as bench_variants
+from radial_jax.bench import train_step as bench_train
+from radial_jax.config import ConfigError, load_config
+from radial_jax.data.pipeline import make_eval_batches
+from radial_jax.distill import distill
+from radial_jax.errors import UserError
+from radial_jax.generate.command import run_generate
+from radial_jax.io.export import FORMATS, export
+from radial_jax.io.load import load_model
+from radial_jax.parallel.distributed import initialize, resolve_launch
+from radial_jax.sweep import run as sweep_run
+from radial_jax.sweep.report import write_report
+from radial_jax.sweep.spec import load_sweep
+from radial_jax.train.loop import evaluate, train
+from radial_jax.train.step import make_eval_step
 
 
 def _cmd_train(args) -> int:
-    from radial_jax.config import load_config
-    from radial_jax.parallel.distributed import initialize, resolve_launch
-    from radial_jax.train.loop import train
-
     cfg = load_config(args.config, args.overrides)
     initialize(resolve_launch(args.coordinator, args.num_processes, args.process_id,
                               auto=args.distributed))  # before JAX touches a device
@@ -24,30 +39,20 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    import jax
-
-    from radial_jax.data.pipeline import make_eval_batches
-    from radial_jax.data.tokenizer import get_tokenizer
-    from radial_jax.train.checkpoint import load_trained
-    from radial_jax.train.loop import evaluate
-    from radial_jax.train.step import make_eval_step
-
-    cfg, graphdef, params, step = load_trained(args.checkpoint, args.overrides, args.step)
+    loaded = load_model(args.checkpoint, args.overrides, args.step)
+    cfg, tok = loaded.cfg, loaded.tokenizer
     if args.inference and cfg.model.kind != "radial":
         raise ConfigError(f"--inference routes a radial model as decoding does; {args.checkpoint} holds "
                           f"a {cfg.model.kind} model: drop the flag")
-    tok = get_tokenizer(cfg.data.tokenizer)
     batches = make_eval_batches(cfg.data, tok, args.batches or cfg.train.eval_batches)
-    step_fn = make_eval_step(graphdef, tok.token_bytes(), inference=args.inference)
-    out = evaluate(jax.jit(step_fn), params, batches)
-    out = {"step": step, "source": cfg.data.source, "inference_routing": args.inference, **out}
+    step_fn = make_eval_step(loaded.graphdef, tok.token_bytes(), inference=args.inference)
+    out = evaluate(jax.jit(step_fn), loaded.params, batches)
+    out = {"step": loaded.step, "source": cfg.data.source, "inference_routing": args.inference, **out}
     print(json.dumps(out, indent=2))
     return 0
 
 
 def _cmd_profile(args) -> int:
-    from radial_jax.analysis.profile import parse_thresholds, run_profile
-
     try:
         thresholds = parse_thresholds(args.oracle)
     except ValueError as e:
@@ -60,8 +65,6 @@ def _cmd_profile(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from radial_jax.generate.command import run_generate
-
     run_generate(args.checkpoint, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, show_depth=args.show_depth,
                  step=args.step, burst=args.burst, overrides=args.overrides)
@@ -69,16 +72,12 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from radial_jax.export import export
-
     files = export(args.checkpoint, args.out, fmt=args.format, step=args.step)
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=2))
     return 0
 
 
 def _cmd_distill(args) -> int:
-    from radial_jax.distill import distill
-
     distill(args.teacher, args.config, args.overrides, kl_weight=args.kl_weight,
             temperature=args.temperature)
     return 0
@@ -102,61 +101,46 @@ def _cmd_bench(args) -> int:
     if args.burst not in (1, 2, 4, 8, 16):  # a window is 16 tokens: a whole number of bursts
         raise SystemExit(f"--burst must be 1, 2, 4, 8 or 16 (a window is 16 tokens), got {args.burst}")
     if args.what == "decode":
-        from radial_jax.bench.decode import run as run_decode
-
-        run_decode(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
-                   windows=args.windows, burst=args.burst)
+        bench_decode.run(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
+                         windows=args.windows, burst=args.burst)
         return 0
     if args.what == "decode-variants":
-        from radial_jax.bench.decode_variants import run as run_variants
-
         if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
             raise SystemExit("decode-variants times one radial model: give one --checkpoint RUN_DIR or "
                              "one --configs CONFIG")
-        run_variants((args.checkpoint or [None])[0], (args.configs or [None])[0], args.overrides,
-                     args.out, windows=args.windows, burst=args.burst)
+        bench_variants.run((args.checkpoint or [None])[0], (args.configs or [None])[0],
+                           args.overrides, args.out, windows=args.windows, burst=args.burst)
         return 0
     if args.what == "train":
-        from radial_jax.bench.train_step import DEFAULT_CONFIGS, run
-
-        run(args.configs or DEFAULT_CONFIGS, args.overrides, args.out)
+        bench_train.run(args.configs or bench_train.DEFAULT_CONFIGS, args.overrides, args.out)
         return 0
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
 
 def _cmd_compile(args) -> int:
-    from radial_jax.aot import command
-
-    n = command.needs_cpu_reexec(args.topology)
+    n = aot_command.needs_cpu_reexec(args.topology)
     if n is not None:
         argv = ["compile", args.config, "--topology", args.topology, "--slices", str(args.slices),
                 *(["--out", args.out] if args.out else []), *(["--hlo", args.hlo] if args.hlo else []),
                 *args.overrides]
-        return command.reexec_with_cpu_devices(n, argv)
-    command.run(args.config, args.topology, args.slices, args.out, args.overrides, hlo=args.hlo)
+        return aot_command.reexec_with_cpu_devices(n, argv)
+    aot_command.run(args.config, args.topology, args.slices, args.out, args.overrides, hlo=args.hlo)
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    from pathlib import Path
-
-    from radial_jax.sweep import run
-    from radial_jax.sweep.spec import load_sweep
-
     sweep = load_sweep(args.file)
     out = Path(args.out) if args.out else sweep.default_out
     if args.emit:
-        print("\n".join(run.emit_commands(sweep, out)))
+        print("\n".join(sweep_run.emit_commands(sweep, out)))
     elif args.dry_run:
-        print(run.format_plan(run.plan_rows(sweep, out)))
+        print(sweep_run.format_plan(sweep_run.plan_rows(sweep, out)))
     else:
-        run.run_sweep(sweep, out)
+        sweep_run.run_sweep(sweep, out)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from radial_jax.sweep.report import write_report
-
     paths = write_report(args.dir)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -178,6 +162,22 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._inner = False
 
 
+def _model_command(sub, name: str, fn, help: str, *, batches: bool = False,
+                   overrides: str | None = "section.key=value applied to the model's config"
+                   ) -> argparse.ArgumentParser:
+    """A subcommand reading one model (see radial_jax.io): --checkpoint, --step, and optionally
+    --batches (eval batches) and config overrides."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
+    if batches:
+        p.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", help=overrides)
+    p.set_defaults(fn=fn)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radial", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,30 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join a multi-process run that JAX detects itself (TPU pod, SLURM, ...)")
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="validation loss, perplexity and bits per byte of a checkpoint")
-    e.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
-    e.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    e.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
+    e = _model_command(sub, "eval", _cmd_eval, batches=True,
+                       help="validation loss, perplexity and bits per byte of a checkpoint")
     e.add_argument("--inference", action="store_true",
                    help="radial: route as decoding does (no capacity; with routing.skip=learned the "
                         "skip predictor decides), to see the loss and depth a deployed model has")
-    e.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
-    e.set_defaults(fn=_cmd_eval)
 
-    pr = sub.add_parser("profile", help="residual ratios and oracle skipping (dense), routing statistics "
-                                        "(radial): JSON, PNG plots and a table")
-    pr.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
-    pr.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
+    pr = _model_command(sub, "profile", _cmd_profile, batches=True,
+                        help="residual ratios and oracle skipping (dense), routing statistics (radial): "
+                             "JSON, PNG plots and a table",
+                        overrides="section.key=value applied to the config, e.g. data.source=text "
+                                  "data.valid_files=[...]")
     pr.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/profile)")
-    pr.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
     pr.add_argument("--oracle", default="0.05", metavar="T1,T2,...",
                     help="oracle skipping thresholds on the residual ratio (default 0.05; 'none' = off)")
-    pr.add_argument("overrides", nargs="*", help="section.key=value applied to the config, e.g. "
-                                                 "data.source=text data.valid_files=[...]")
-    pr.set_defaults(fn=_cmd_profile)
 
-    g = sub.add_parser("generate", help="continue a prompt with a trained checkpoint, streaming text")
-    g.add_argument("--checkpoint", required=True, help="run directory")
+    g = _model_command(sub, "generate", _cmd_generate,
+                       help="continue a prompt with a trained checkpoint, streaming text")
     g.add_argument("--prompt", required=True, help="text to continue")
     g.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default 200)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
@@ -226,21 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     g.add_argument("--show-depth", action="store_true",
                    help="print, per generated token, how many blocks it used")
-    g.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     g.add_argument("--burst", type=int, default=8,
                    help="tokens decoded per jitted call, streamed together (default 8; 1: one call, "
                         "dispatch and readback per token)")
-    g.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config")
-    g.set_defaults(fn=_cmd_generate)
 
-    x = sub.add_parser("export", help="write a model as safetensors + config.json (no orbax needed to "
-                                      "load it); --format hf: the Hugging Face Llama layout (dense)")
-    x.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    x = _model_command(sub, "export", _cmd_export, overrides=None,
+                       help="write a model as safetensors + config.json (no orbax needed to load it); "
+                            "--format hf: the Hugging Face Llama layout (dense)")
     x.add_argument("--out", required=True, help="output folder")
-    x.add_argument("--format", choices=["safetensors", "hf"], default="safetensors",
+    x.add_argument("--format", choices=FORMATS, default="safetensors",
                    help="safetensors: radial_jax layout, dense or radial (default); hf: LlamaForCausalLM")
-    x.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
-    x.set_defaults(fn=_cmd_export)
 
     di = sub.add_parser("distill", help="distil a dense model into a radial student whose pool starts as "
                                          "its layers; reports eval loss against mean active depth")
@@ -303,17 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except UserError as e:  # carries its own explanation; anything else is a bug: keep the traceback
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # errors we raise for users carry their own explanation
-        if type(e).__name__ in ("DataError", "RunDirError", "CheckpointError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if type(e).__name__ == "NonFiniteError":  # the run diverged: not a usage error
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -19,8 +19,13 @@ from typing import Any, Literal
 
 import yaml
 
+from radial_jax.axes import MESH_AXES, parse_rule_overrides
+from radial_jax.errors import UserError
 
-class ConfigError(ValueError):
+BYTE_VOCAB_SIZE = 258  # the default `bytes` tokenizer's ids: 256 bytes, BOS, EOS (data/tokenizer.py)
+
+
+class ConfigError(UserError, ValueError):
     """A config problem a user can fix; the message says where and how."""
 
 
@@ -33,6 +38,11 @@ def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = N
     return field(default=default, metadata=meta)
 
 
+def _count(default: int, help: str) -> Any:
+    """A field counting something, so at least 1."""
+    return _f(default, help, lo=1)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = _f("runs/default", "where checkpoints, metrics and TensorBoard events go")
@@ -42,11 +52,11 @@ class RunConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     kind: Literal["dense", "radial"] = _f("dense", "dense baseline or radial (routed pool) model")
-    vocab_size: int = _f(258, "output vocabulary; must cover the tokenizer's", lo=2)
-    d_model: int = _f(256, "residual stream width", lo=1)
-    n_layers: int = _f(4, "dense model: number of blocks", lo=1)
-    n_heads: int = _f(4, "attention query heads", lo=1)
-    n_kv_heads: int = _f(4, "key/value heads (grouped-query attention); divides n_heads", lo=1)
+    vocab_size: int = _f(BYTE_VOCAB_SIZE, "output vocabulary; must cover the tokenizer's", lo=2)
+    d_model: int = _count(256, "residual stream width")
+    n_layers: int = _count(4, "dense model: number of blocks")
+    n_heads: int = _count(4, "attention query heads")
+    n_kv_heads: int = _count(4, "key/value heads (grouped-query attention); divides n_heads")
     head_dim: int = _f(0, "per-head width; 0 means d_model // n_heads", lo=0)
     d_ff: int = _f(0, "SwiGLU hidden width; 0 means 8/3 * d_model rounded up to a multiple of 64", lo=0)
     rope_theta: float = _f(10000.0, "RoPE base", lo=1.0)
@@ -63,10 +73,10 @@ class ModelConfig:
     mlp_bias: bool = _f(False, "biases on the MLP projections (GPT-2, OPT)")
     positions: Literal["rope", "learned"] = _f("rope", "RoPE in attention, or a learned table added to "
                                                        "the embedding (GPT-2, OPT)")
-    max_positions: int = _f(2048, "learned positions: table size; data.seq_len must not exceed it", lo=1)
+    max_positions: int = _count(2048, "learned positions: table size; data.seq_len must not exceed it")
     # Radial model (model.kind: radial).
-    pool_size: int = _f(4, "radial: P, number of pool layers", lo=1)
-    steps: int = _f(4, "radial: T, routing steps = the deepest a token can go", lo=1)
+    pool_size: int = _count(4, "radial: P, number of pool layers")
+    steps: int = _count(4, "radial: T, routing steps = the deepest a token can go")
     prefix_layers: int = _f(0, "radial: dense blocks every token runs before routing", lo=0)
     capacity_factor: float = _f(1.0, "radial: C = ceil(capacity_factor * seq_len / pool_size)",
                                 lo=0.0, lo_open=True)
@@ -79,7 +89,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    hidden: int = _f(64, "router MLP hidden width", lo=1)
+    hidden: int = _count(64, "router MLP hidden width")
     per_step: bool = _f(True, "one router per routing step (else one router + a step embedding)")
     init: Literal["sequential", "uniform", "random"] = _f(
         "sequential", "logit bias at init: toward step t -> layer t, flat, or none")
@@ -91,7 +101,7 @@ class RouterConfig:
 class RoutingConfig:
     policy: Literal["token_choice", "expert_choice", "fixed"] = _f(
         "token_choice", "token picks a layer (causal), layer picks tokens (MoD), or step t -> layer t")
-    top_k: int = _f(1, "token_choice: layers per token per step", lo=1)
+    top_k: int = _count(1, "token_choice: layers per token per step")
     reuse: Literal["allow", "forbid"] = _f("allow", "may a token visit the same pool layer twice")
     skip: Literal["allow", "forbid", "learned"] = _f(
         "allow", "may a token skip a step (forbid: depth is set by capacity alone, overflow still passes "
@@ -116,7 +126,7 @@ class DataConfig:
     source: Literal["builtin", "text", "tfds"] = _f(
         "builtin", "embedded stdlib corpus, your text files, or a prepared TFDS dataset")
     seq_len: int = _f(256, "tokens per packed row", lo=2)
-    batch_size: int = _f(16, "global batch size in rows", lo=1)
+    batch_size: int = _count(16, "global batch size in rows")
     tokenizer: str = _f("bytes", "bytes (256 byte ids + BOS + EOS), or the path of a Hugging Face "
                                  "tokenizer.json")
     cache_dir: str = _f("~/.cache/radial_jax", "where the builtin corpus is built and cached")
@@ -136,7 +146,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _f(1000, "optimizer steps", lo=1)
+    steps: int = _count(1000, "optimizer steps")
     lr: float = _f(3e-3, "peak learning rate", lo=0.0, lo_open=True)
     warmup_steps: int = _f(100, "linear warmup steps", lo=0)
     min_lr_ratio: float = _f(0.1, "final lr as a fraction of the peak (cosine decay)", lo=0.0, hi=1.0)
@@ -145,14 +155,14 @@ class TrainConfig:
     b2: float = _f(0.95, "Adam beta2", lo=0.0, hi=1.0)
     eps: float = _f(1e-8, "Adam epsilon", lo=0.0, lo_open=True)
     grad_clip: float = _f(1.0, "global-norm gradient clipping (0 = off)", lo=0.0)
-    log_every: int = _f(10, "steps between metric lines", lo=1)
-    eval_every: int = _f(200, "steps between validation evals (and at the end)", lo=1)
-    eval_batches: int = _f(8, "validation batches per eval", lo=1)
-    checkpoint_every: int = _f(200, "steps between checkpoints (and at the end)", lo=1)
-    keep_checkpoints: int = _f(3, "checkpoints kept", lo=1)
+    log_every: int = _count(10, "steps between metric lines")
+    eval_every: int = _count(200, "steps between validation evals (and at the end)")
+    eval_batches: int = _count(8, "validation batches per eval")
+    checkpoint_every: int = _count(200, "steps between checkpoints (and at the end)")
+    keep_checkpoints: int = _count(3, "checkpoints kept")
     on_nonfinite: Literal["skip", "stop"] = _f(
         "skip", "a step with NaN/inf loss or gradients: skip its update (counted) or stop the run")
-    max_nonfinite: int = _f(10, "skip: stop anyway after this many non-finite steps in a row", lo=1)
+    max_nonfinite: int = _count(10, "skip: stop anyway after this many non-finite steps in a row")
     peak_tflops: float = _f(0.0, "peak TFLOP/s of one device for perf/mfu (0 = the chip's from "
                                  "parallel/chips.py; on CPU, measured once by a matmul probe)", lo=0.0)
 
@@ -270,6 +280,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     """Read a YAML file (with its `base:` chain), apply `section.key=value` overrides, validate."""
     origin: dict[str, str] = {}
     raw = _load_chain(Path(path), origin) if path is not None else {}
+    return from_dict(apply_overrides(raw, overrides, origin), origin)
+
+
+def apply_overrides(raw: dict, overrides, origin: dict | None = None) -> dict:
+    """`raw` (nested dicts, changed in place) with each `section.key=value` set; `origin` records them."""
     for text in overrides:
         key, value = parse_override(text)
         section, name = key.split(".")
@@ -277,8 +292,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not isinstance(raw[section], dict):
             raise ConfigError(f"command line: section {section!r} is not a mapping in the config file")
         raw[section][name] = value
-        origin[key] = "command line"
-    return from_dict(raw, origin)
+        if origin is not None:
+            origin[key] = "command line"
+    return raw
 
 
 def from_dict(raw: dict, origin: dict | None = None) -> Config:
@@ -409,18 +425,12 @@ def _check_cross_fields(cfg: Config) -> None:
                           "set model.head_dim explicitly or change one of them")
     if head_dim(m) % 2:
         raise ConfigError(f"head dim {head_dim(m)} must be even for RoPE (model.head_dim / d_model)")
-    from radial_jax.data.tokenizer import tokenizer_vocab_size
-
     if m.positions == "learned" and d.seq_len > m.max_positions:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_positions={m.max_positions}, the "
                           "size of the learned position table; lower data.seq_len")
-    try:
-        need = tokenizer_vocab_size(d.tokenizer)
-    except ValueError as e:
-        raise ConfigError(f"data.tokenizer={d.tokenizer!r}: {e}") from None
-    if m.vocab_size < need:
-        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the {d.tokenizer!r} "
-                          f"tokenizer's {need} ids; set model.vocab_size >= {need}")
+    if d.tokenizer == "bytes" and m.vocab_size < BYTE_VOCAB_SIZE:  # a tokenizer.json: data/tokenizer.py
+        raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the 'bytes' tokenizer's "
+                          f"{BYTE_VOCAB_SIZE} ids; set model.vocab_size >= {BYTE_VOCAB_SIZE}")
     if d.source == "text" and not d.train_files:
         raise ConfigError("data.source=text needs data.train_files (a list of globs)")
     if d.source == "tfds" and not d.tfds_name:
@@ -437,7 +447,7 @@ def _check_cross_fields(cfg: Config) -> None:
 def _check_mesh(cfg: Config) -> None:
     """Axis sizes are >= 1 or -1 (at most one); pool parallelism splits the pool evenly; overrides parse."""
     mesh = cfg.mesh
-    sizes = {a: getattr(mesh, a) for a in ("data", "fsdp", "tensor", "pool")}
+    sizes = {a: getattr(mesh, a) for a in MESH_AXES}
     for axis, size in sizes.items():
         if size == 0 or size < -1:
             raise ConfigError(f"mesh.{axis}={size} must be a device count >= 1, or -1 for the rest")
@@ -448,9 +458,10 @@ def _check_mesh(cfg: Config) -> None:
     if cfg.model.kind == "radial" and mesh.pool > 1 and cfg.model.pool_size % mesh.pool:
         raise ConfigError(f"mesh.pool={mesh.pool} must divide model.pool_size={cfg.model.pool_size} "
                           "(each device group holds an equal share of the pool layers)")
-    from radial_jax.parallel.rules import parse_overrides
-
-    parse_overrides(mesh.rules_override)
+    try:
+        parse_rule_overrides(mesh.rules_override)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def head_dim(m: ModelConfig) -> int:

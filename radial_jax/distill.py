@@ -21,9 +21,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from radial_jax.config import Config, ConfigError, from_dict
-from radial_jax.export import Loaded, flat_params, write_export
+from radial_jax.config import Config, ConfigError, from_dict, load_config
+from radial_jax.data.pipeline import make_eval_batches, make_iterator
+from radial_jax.io.export import write_export
+from radial_jax.io.load import Loaded, load_model
+from radial_jax.io.tensors import fill_params, flat_params
+from radial_jax.model.build import build_model
 from radial_jax.train.loss import masked_sum_and_count, token_nll
+from radial_jax.train.optimizer import make_optimizer
 from radial_jax.train.step import forward, make_eval_step, summarize_eval, train_forward
 
 ARCH_KEYS = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_theta",
@@ -49,9 +54,6 @@ def student_config(teacher: Config, student: Config) -> Config:
 
 def init_student(cfg: Config, teacher: Loaded):
     """(graphdef, params): a fresh radial model whose embedder, prefix and pool hold the teacher's weights."""
-    from radial_jax.export import fill_params
-    from radial_jax.model.build import build_model
-
     k = cfg.model.prefix_layers
     fresh = flat_params(nnx.split(build_model(cfg), nnx.Param)[1])
     t = flat_params(teacher.params)
@@ -101,11 +103,6 @@ def _evaluate(eval_step, params, batches) -> dict[str, float]:
 def distill(teacher_path: str, config_path: str, overrides=(), *, kl_weight: float = 1.0,
             temperature: float = 1.0, log=print) -> dict:
     """Distil; writes run.dir (export layout + distill.json); returns the report."""
-    from radial_jax.config import load_config
-    from radial_jax.data.pipeline import make_eval_batches, make_iterator
-    from radial_jax.export import load_model
-    from radial_jax.train.optimizer import make_optimizer
-
     teacher = load_model(teacher_path)
     cfg = student_config(teacher.cfg, load_config(config_path, overrides))
     graphdef, params = init_student(cfg, teacher)

@@ -20,8 +20,9 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from radial_jax.config import load_config  # noqa: E402
-from radial_jax.model.build import build_model  # noqa: E402
+from radial_jax.model.build import abstract_model, build_model  # noqa: E402
 from radial_jax.parallel.plan import ShardingPlan, state_bytes  # noqa: E402
+from radial_jax.train.init import train_state_init  # noqa: E402
 from radial_jax.train.optimizer import lr_schedule, make_optimizer  # noqa: E402
 from radial_jax.train.step import make_train_step  # noqa: E402
 from tests.helpers import TINY, packed_batch  # noqa: E402
@@ -44,9 +45,10 @@ def run_steps(overrides: list[str], mesh: list[str], steps: int, probe: list[str
     cfg = load_config(None, [*TINY, *overrides, *mesh])
     plan = ShardingPlan.from_config(cfg, devices)
     tx = make_optimizer(cfg.train)
-    make = lambda: build_model(cfg)
-    graphdef, abstract = plan.abstract_train_state(make, tx)
-    state = plan.init_train_state(make, tx, abstract)
+    graphdef, _ = abstract_model(cfg)
+    init = train_state_init(lambda: build_model(cfg), tx)
+    abstract = plan.abstract_state(init)
+    state = plan.init_state(init, abstract)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
     step = plan.jit_train_step(make_train_step(graphdef, tx, lr_schedule(cfg.train)), abstract, shape)
     losses = []

@@ -11,9 +11,9 @@ from flax import nnx
 from radial_jax.cli import main
 from radial_jax.config import ConfigError
 from radial_jax.distill import init_student, kl_per_token, student_config
-from radial_jax.export import load_model, write_export
+from radial_jax.io.export import write_export
+from radial_jax.io.load import load_model
 from radial_jax.model.build import build_model
-from radial_jax.train.checkpoint import load_trained
 from tests.helpers import packed_batch, tiny_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -71,8 +71,8 @@ def test_distill_command_writes_a_loadable_student(teacher_dir, tmp_path, corpus
     assert [r["step"] for r in report["evals"]] == [0, 3]
     first = report["evals"][0]
     assert 1.0 < first["active_depth"] <= 3.0 and first["drop_rate"] == 0.0
-    cfg, _, _, step = load_trained(out)
-    assert cfg.model.kind == "radial" and cfg.model.pool_size == 2 and step == 3
+    m = load_model(out)
+    assert m.cfg.model.kind == "radial" and m.cfg.model.pool_size == 2 and m.step == 3
     assert main(["eval", "--checkpoint", str(out), "--batches", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["eval/loss"] == pytest.approx(report["evals"][-1]["loss"],
                                                                             rel=1e-5)

@@ -1,5 +1,5 @@
 """`radial export`: our safetensors layout round-trips (dense and radial); the HF Llama layout loads in
-transformers with the same logits; export directories load through `load_trained` (eval, generate)."""
+transformers with the same logits; export directories load through `load_model` (eval, generate)."""
 
 import json
 
@@ -11,10 +11,11 @@ from flax import nnx
 
 from radial_jax.cli import main
 from radial_jax.config import ConfigError
-from radial_jax.export import flat_params, load_model, write_export
+from radial_jax.io.export import write_export
+from radial_jax.io.load import load_model
+from radial_jax.io.tensors import flat_params
 from radial_jax.model.build import build_model
 from radial_jax.model.layers import apply_rope
-from radial_jax.train.checkpoint import load_trained
 from radial_jax.train.loop import train
 from tests.helpers import packed_batch, tiny_config
 
@@ -85,8 +86,9 @@ def test_safetensors_export_round_trips(tmp_path, kind):
     write_export(cfg, params, tmp_path, step=7)
     doc = json.loads((tmp_path / "config.json").read_text())
     assert doc["radial_jax"]["step"] == 7 and doc["config"]["model"]["kind"] == kind
-    cfg2, graphdef2, params2, step = load_trained(tmp_path)  # no orbax: the export path
-    assert cfg2 == cfg and step == 7
+    m = load_model(tmp_path)  # no orbax: the export path
+    cfg2, graphdef2, params2 = m.cfg, m.graphdef, m.params
+    assert cfg2 == cfg and m.step == 7
     a, b = flat_params(params), flat_params(params2)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     batch = packed_batch([[20, 12], [32]], SEQ)
@@ -103,7 +105,7 @@ def test_export_with_the_wrong_weights_is_a_clear_error(tmp_path):
     doc["config"]["model"]["n_layers"] = 3
     (tmp_path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="missing blocks.2"):
-        load_trained(tmp_path)
+        load_model(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +135,8 @@ def test_export_command_then_eval_and_generate_match_the_run(radial_run, tmp_pat
                      "--temperature", "0"]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and texts[0].startswith("def ")
-    _, g1, p1, _ = load_trained(radial_run)
-    _, g2, p2, _ = load_trained(out)
+    a, b = load_model(radial_run), load_model(out)
+    g1, p1, g2, p2 = a.graphdef, a.params, b.graphdef, b.params
     batch = packed_batch([[20, 12], [32]], SEQ)
     np.testing.assert_array_equal(logits_of(g1, p1, batch), logits_of(g2, p2, batch))
     assert jax.tree.structure(p1) == jax.tree.structure(p2)

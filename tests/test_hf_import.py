@@ -12,8 +12,9 @@ from flax import nnx
 from radial_jax.cli import main
 from radial_jax.config import ConfigError
 from radial_jax.data.tokenizer import HFTokenizer, get_tokenizer
-from radial_jax.export import load_model
-from radial_jax.hf import load_hf
+from radial_jax.generate.sampling import Generator, Sampling
+from radial_jax.io.hf.load import read_hf
+from radial_jax.io.load import load_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -67,7 +68,7 @@ def hf_logits(model, tokens):
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_imported_model_gives_the_same_logits(tmp_path, kind):
     hf = make_hf(kind, tmp_path)
-    cfg, graphdef, params = load_hf(tmp_path)
+    cfg, graphdef, params = read_hf(tmp_path)
     assert cfg.model.kind == "dense" and cfg.model.vocab_size == VOCAB and cfg.data.tokenizer == "bytes"
     tokens = np.random.default_rng(1).integers(0, VOCAB, (2, 24))
     np.testing.assert_allclose(ours_logits(graphdef, params, tokens), hf_logits(hf, tokens),
@@ -77,7 +78,7 @@ def test_imported_model_gives_the_same_logits(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["gpt2", "opt"])
 def test_learned_positions_restart_per_packed_document(tmp_path, kind):
     hf = make_hf(kind, tmp_path)
-    _, graphdef, params = load_hf(tmp_path)
+    _, graphdef, params = read_hf(tmp_path)
     rng = np.random.default_rng(2)
     a, b = rng.integers(0, VOCAB, 13), rng.integers(0, VOCAB, 9)
     row = np.concatenate([a, b])[None]
@@ -94,17 +95,17 @@ def test_unsupported_models_and_missing_tokenizers_are_clear_errors(tmp_path):
     doc["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}
     (tmp_path / "ok" / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="RoPE scaling 'llama3' is not supported"):
-        load_hf(tmp_path / "ok")
+        read_hf(tmp_path / "ok")
     doc["model_type"] = "bloom"
     (tmp_path / "ok" / "config.json").write_text(json.dumps(doc))
     with pytest.raises(ConfigError, match="model_type 'bloom' is not supported; supported: gpt2, llama"):
-        load_hf(tmp_path / "ok")
+        read_hf(tmp_path / "ok")
 
     small = transformers.LlamaConfig(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                      num_attention_heads=2)
     transformers.LlamaForCausalLM(small).save_pretrained(str(tmp_path / "small"))
     with pytest.raises(ConfigError, match=r"no tokenizer.json, and its vocabulary \(99 ids\) is smaller"):
-        load_hf(tmp_path / "small")
+        read_hf(tmp_path / "small")
 
 
 def write_tokenizer(folder, texts: list[str]) -> HFTokenizer:
@@ -152,11 +153,8 @@ def test_directory_tokenizer_is_used_by_eval_and_profile(tmp_path, capsys):
     printed = capsys.readouterr().out
     continuation = printed[len("def f(x):"):].rstrip("\n")
     assert printed.startswith("def f(x):")
-    from radial_jax.generate.sampling import Generator, Sampling
-    from radial_jax.train.checkpoint import load_trained
-
-    cfg, graphdef, params, _ = load_trained(model_dir, data)
-    want = Generator(cfg, graphdef, params).generate(
+    m = load_model(model_dir, data)
+    want = Generator(m.cfg, m.graphdef, m.params).generate(
         [tok.encode("def f(x):", bos=True, eos=False).tolist()], max_tokens=6,
         sampling=Sampling(0.8, 0, 1.0), seed=1, eos_id=tok.eos_id)
     assert continuation == tok.decode(want.tokens[0])

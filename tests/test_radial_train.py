@@ -7,8 +7,8 @@ from flax import nnx
 
 from radial_jax.data.pipeline import make_eval_batches
 from radial_jax.data.tokenizer import get_tokenizer
+from radial_jax.io.load import load_model
 from radial_jax.model.build import build_model
-from radial_jax.train.checkpoint import load_trained
 from radial_jax.train.loop import evaluate, train
 from radial_jax.train.metrics import read_metrics
 from radial_jax.train.step import make_eval_step
@@ -34,7 +34,7 @@ def test_radial_training_lowers_eval_loss_and_moves_routing(tmp_path, corpus_cac
     eval_step = jax.jit(make_eval_step(graphdef, tok.token_bytes()))
     before = evaluate(eval_step, init_params, batches)["eval/loss"]
     last = train(cfg)
-    _, _, params, _ = load_trained(tmp_path / "run")
+    params = load_model(tmp_path / "run").params
     after = evaluate(eval_step, params, batches)["eval/loss"]
     assert after == last["eval/loss"]
     assert after < before - 1.0, (before, after)

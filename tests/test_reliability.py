@@ -28,9 +28,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from radial_jax.cli import main
 from radial_jax.config import ConfigError, load_config
+from radial_jax.io.load import load_model
 from radial_jax.model.build import build_model
 from radial_jax.train import loop
-from radial_jax.train.checkpoint import Checkpointer, load_trained
+from radial_jax.train.checkpoint import Checkpointer
 from radial_jax.train.metrics import read_metrics
 from radial_jax.train.nonfinite import NonFiniteError, all_finite
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
@@ -566,7 +567,6 @@ def test_same_config_and_seed_give_bit_identical_losses(tmp_path, reference, cor
         loop.train(cfg_for(again, corpus_cache))
     a, b = losses(reference), losses(again)
     assert sorted(a) == list(range(1, STEPS + 1)) and a == b
-    _, _, pa, _ = load_trained(reference)
-    _, _, pb, _ = load_trained(again)
+    pa, pb = load_model(reference).params, load_model(again).params
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

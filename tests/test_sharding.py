@@ -242,8 +242,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, corpu
 
     from radial_jax.data.pipeline import make_iterator
     from radial_jax.data.tokenizer import get_tokenizer
-    from radial_jax.model.build import build_model
+    from radial_jax.model.build import abstract_model, build_model
     from radial_jax.parallel.plan import ShardingPlan
+    from radial_jax.train.init import train_state_init
     from radial_jax.train.optimizer import lr_schedule, make_optimizer
     from radial_jax.train.step import make_train_step
 
@@ -271,8 +272,10 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, corpu
     iters = [make_iterator(cfg.data, "train", tokenizer=tok, seed=cfg.data.shuffle_seed,
                            process_index=i, process_count=2) for i in range(2)]
     tx = make_optimizer(cfg.train)
-    graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
-    state = plan.init_train_state(lambda: build_model(cfg), tx, abstract)
+    graphdef, _ = abstract_model(cfg)
+    init = train_state_init(lambda: build_model(cfg), tx)
+    abstract = plan.abstract_state(init)
+    state = plan.init_state(init, abstract)
     shape = (cfg.data.batch_size, cfg.data.seq_len)
     step = plan.jit_train_step(make_train_step(graphdef, tx, lr_schedule(cfg.train)), abstract, shape)
     for s in range(1, steps + 1):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from radial_jax.cli import main
 from radial_jax.config import load_config
-from radial_jax.train.checkpoint import load_trained
+from radial_jax.io.load import load_model
 from radial_jax.train.loop import train
 from radial_jax.train.metrics import MetricWriter, read_metrics
 from tests.helpers import run_cfg
@@ -56,8 +56,7 @@ def test_resume_is_exact(tmp_path, corpus_cache, kind):
     a, b = losses(straight), losses(halves)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert all(a[s] == b[s] for s in a), (a, b)  # bit-identical, data order included
-    _, _, pa, _ = load_trained(straight)
-    _, _, pb, _ = load_trained(halves)
+    pa, pb = load_model(straight).params, load_model(halves).params
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 

@@ -19,6 +19,8 @@ import numpy as np
 from flax import nnx
 
 from radial_jax.analysis.oracle import VARIANT, block_names, make_oracle_step
+from radial_jax.data.pipeline import make_eval_batches
+from radial_jax.io.load import load_model
 from radial_jax.train.loss import masked_sum_and_count, token_nll
 
 RATIO_DEFINITION = ("r = ||f(x)||_2 / ||x||_2 per token over the model width, f(x) the block's delta "
@@ -229,7 +231,7 @@ def radial_table(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     """profile.json, profile.md and the PNG plots; returns {name: path}."""
-    from radial_jax.analysis import plots
+    from radial_jax.analysis import plots  # deferred: matplotlib is heavy, and only reports draw
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -254,9 +256,6 @@ def run_profile(model_path: str, overrides: Sequence[str] = (), *, out_dir: str 
                 n_batches: int = 0, thresholds: Sequence[float] = (0.05,), step: int | None = None
                 ) -> tuple[dict, dict[str, Path]]:
     """Load a run dir / export dir / Hugging Face dir, profile it on validation batches, write outputs."""
-    from radial_jax.data.pipeline import make_eval_batches
-    from radial_jax.export import load_model
-
     loaded = load_model(model_path, overrides, step=step)
     cfg = loaded.cfg
     batches = make_eval_batches(cfg.data, loaded.tokenizer, n_batches or cfg.train.eval_batches)

@@ -16,8 +16,9 @@ from flax import nnx
 from radial_jax.aot.hlo import CollectiveSummary, parse_collectives
 from radial_jax.aot.topology import Topology
 from radial_jax.config import Config, ConfigError
-from radial_jax.model.build import build_model
+from radial_jax.model.build import abstract_model, build_model
 from radial_jax.parallel.plan import ShardingPlan
+from radial_jax.train.init import train_state_init
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
 from radial_jax.train.step import TrainState, make_train_step
 
@@ -89,7 +90,8 @@ def compile_train_step(cfg: Config, topology: Topology) -> Compiled:
     """Raises ConfigError (mesh, batch, divisibility) before anything is traced."""
     plan = ShardingPlan.from_config(cfg, topology.devices)
     tx = make_optimizer(cfg.train, cfg.routing.balance_rate)
-    graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
+    graphdef, _ = abstract_model(cfg)
+    abstract = plan.abstract_state(train_state_init(lambda: build_model(cfg), tx))
     check_divisible(plan, abstract)
     batch_shape = (cfg.data.batch_size, cfg.data.seq_len)
     step = plan.jit_train_step(make_train_step(graphdef, tx, lr_schedule(cfg.train)), abstract,

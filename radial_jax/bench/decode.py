@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from flax import nnx
 
 from radial_jax.config import Config, ff_dim, head_dim, load_config
 from radial_jax.generate.sampling import DEFAULT_BURST, Generator, Sampling, sampling_key
+from radial_jax.io.load import load_model
 from radial_jax.model.build import build_model
 from radial_jax.model.kv_cache import init_cache
 
@@ -44,10 +46,7 @@ BATCHES = (1, 8)
 
 def prompts(batch: int, length: int) -> list[list[int]]:
     """`batch` byte-token prompts (BOS + Python source from the standard library) of `length`."""
-    import json as json_mod
-    import textwrap
-
-    text = inspect.getsource(json_mod) + inspect.getsource(textwrap)
+    text = inspect.getsource(json) + inspect.getsource(textwrap)
     data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
     starts = np.linspace(0, len(data) - length, batch).astype(int)
     return [[256, *data[s:s + length - 1].tolist()] for s in starts]
@@ -171,11 +170,9 @@ def _models(configs, overrides, checkpoints):
     """(name, cfg, graphdef, params) of each model to time: trained run dirs, then configs (random
     weights; the default pair only when no run dir is given)."""
     if checkpoints:
-        from radial_jax.train.checkpoint import load_trained
-
         for run_dir in checkpoints:
-            cfg, graphdef, params, step = load_trained(run_dir, list(overrides))
-            yield f"{Path(run_dir).name}@{step}", cfg, graphdef, params
+            m = load_model(run_dir, list(overrides))
+            yield f"{Path(run_dir).name}@{m.step}", m.cfg, m.graphdef, m.params
         if not configs:
             return
     for path in configs or DEFAULT_CONFIGS:

@@ -8,6 +8,7 @@ never asserts a time. Run: `radial bench train [--configs A.yaml B.yaml] [--out 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -108,6 +109,4 @@ def format_table(report: dict) -> str:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

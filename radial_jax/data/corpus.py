@@ -19,6 +19,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Literal
 
 import tensorflow_datasets as tfds
@@ -69,8 +70,6 @@ def _stdlib_documents() -> tuple[list[tuple[str, str]], list[str]]:
             continue
         if text.strip():
             docs.append((f"stdlib/{rel.as_posix()}", text))
-    from pydoc_data.topics import topics
-
     docs.extend((f"pydoc_topics/{name}", text) for name, text in topics.items() if text.strip())
     return sorted(docs), skipped
 

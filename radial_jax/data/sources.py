@@ -25,11 +25,12 @@ import numpy as np
 
 from radial_jax.config import DataConfig
 from radial_jax.data import corpus
+from radial_jax.errors import UserError
 
 Split = Literal["train", "valid"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem a user can fix; the message names the file (and line) and what to do."""
 
 

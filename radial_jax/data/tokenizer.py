@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from radial_jax.config import BYTE_VOCAB_SIZE, Config, ConfigError
+
 
 class ByteTokenizer:
     """UTF-8 bytes as ids, plus BOS=256 and EOS=257."""
@@ -16,7 +18,7 @@ class ByteTokenizer:
     name = "bytes"
     bos_id = 256
     eos_id = 257
-    vocab_size = 258
+    vocab_size = BYTE_VOCAB_SIZE
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = True) -> np.ndarray:
         ids = np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
@@ -105,11 +107,17 @@ class HFTokenizer:
 _TOKENIZERS = {"bytes": ByteTokenizer}
 
 
-def tokenizer_vocab_size(name: str) -> int:
-    """Ids the tokenizer `name` ('bytes' or a tokenizer.json path) produces."""
-    if name in _TOKENIZERS:
-        return _TOKENIZERS[name].vocab_size
-    return get_tokenizer(name).vocab_size
+def tokenizer_for(cfg: Config) -> ByteTokenizer | HFTokenizer:
+    """`data.tokenizer` of a config, checked against `model.vocab_size` (it must cover every id)."""
+    try:
+        tok = get_tokenizer(cfg.data.tokenizer)
+    except ValueError as e:
+        raise ConfigError(f"data.tokenizer={cfg.data.tokenizer!r}: {e}") from None
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the "
+                          f"{cfg.data.tokenizer!r} tokenizer's {tok.vocab_size} ids; set "
+                          f"model.vocab_size >= {tok.vocab_size}")
+    return tok
 
 
 @functools.lru_cache(maxsize=8)

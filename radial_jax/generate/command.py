@@ -9,6 +9,7 @@ from typing import TextIO
 
 from radial_jax.config import ConfigError
 from radial_jax.generate.sampling import DEFAULT_BURST, Generator, Sampling
+from radial_jax.io.load import load_model
 
 
 def format_depths(pieces: list[str], depths: list[int], max_depth: int, width: int = 100) -> str:
@@ -32,9 +33,6 @@ def run_generate(checkpoint: str, prompt: str, *, max_tokens: int = 200, tempera
                  out: TextIO | None = None) -> int:
     """Print the prompt, then its continuation as it is sampled; with show_depth, the blocks each
     generated token cost. Returns the number of tokens generated."""
-    from radial_jax.data.tokenizer import get_tokenizer
-    from radial_jax.train.checkpoint import load_trained
-
     out = out or sys.stdout
     try:
         sampling = Sampling(temperature, top_k, top_p)  # checks the values before loading anything
@@ -44,9 +42,9 @@ def run_generate(checkpoint: str, prompt: str, *, max_tokens: int = 200, tempera
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     if burst < 1:
         raise ConfigError(f"--burst must be >= 1 tokens per call, got {burst}")
-    cfg, graphdef, params, _ = load_trained(checkpoint, overrides, step)
-    tok = get_tokenizer(cfg.data.tokenizer)
-    gen = Generator(cfg, graphdef, params, burst=burst)
+    loaded = load_model(checkpoint, overrides, step)
+    cfg, tok = loaded.cfg, loaded.tokenizer
+    gen = Generator(cfg, loaded.graphdef, loaded.params, burst=burst)
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pieces: list[str] = []
 

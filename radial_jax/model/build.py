@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from radial_jax.config import Config, ff_dim, head_dim
+from radial_jax.model.dense import DenseLM
+from radial_jax.model.radial import RadialLM
 
 
 def block_kwargs(cfg: Config) -> dict:
@@ -28,15 +33,16 @@ def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
                   remat=m.remat == "block", norm_eps=m.norm_eps, dtype=dtype, block_kwargs=block_kwargs(cfg),
                   embed_kwargs=embed_kwargs(cfg), rngs=rngs)
     if m.kind == "dense":
-        from radial_jax.model.dense import DenseLM
-
         return DenseLM(n_layers=m.n_layers, **common)
-    from radial_jax.model.radial import RadialLM
-
     return RadialLM(pool_size=m.pool_size, steps=m.steps, prefix_layers=m.prefix_layers,
                     capacity_factor=m.capacity_factor, kv_skip=m.kv_skip, router=cfg.router,
                     routing=cfg.routing, **common)
 
 
+def abstract_model(cfg: Config) -> tuple[nnx.GraphDef, Any]:
+    """The model's graph and abstract params (shapes only, nothing initialised)."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)
+
+
 def count_params(model: nnx.Module) -> int:
-    return sum(x.size for x in __import__("jax").tree.leaves(nnx.state(model, nnx.Param)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

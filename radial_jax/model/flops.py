@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from radial_jax.config import Config, ff_dim, head_dim
+from radial_jax.model.dispatch import capacity
 
 
 def block_flops(cfg: Config, context: int) -> float:
@@ -66,8 +67,6 @@ def flops_per_token(cfg: Config) -> FlopsPerToken:
     if m.kind == "dense":
         fwd = m.n_layers * blk + head_flops(cfg)
         return FlopsPerToken(3 * fwd, fwd, fwd, fwd)
-    from radial_jax.model.dispatch import capacity
-
     slots_per_token = m.pool_size * capacity(s, m.pool_size, m.capacity_factor) / s
     fwd = (m.prefix_layers * blk + m.steps * (router_flops(cfg) + slots_per_token * blk)
            + head_flops(cfg))

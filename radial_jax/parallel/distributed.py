@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import jax
+
 from radial_jax.config import ConfigError
 
 ENV_COORDINATOR, ENV_NUM, ENV_ID = "RADIAL_COORDINATOR", "RADIAL_NUM_PROCESSES", "RADIAL_PROCESS_ID"
@@ -74,14 +76,10 @@ def initialize(launch: Launch | None) -> None:
     """`jax.distributed.initialize` for a multi-process launch; nothing for a single process."""
     if launch is None:
         return
-    import jax
-
     jax.distributed.initialize(coordinator_address=launch.coordinator,
                                num_processes=launch.num_processes, process_id=launch.process_id)
 
 
 def describe_processes() -> str:
-    import jax
-
     return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} "
             f"local of {jax.device_count()} {jax.devices()[0].platform} devices")

@@ -14,8 +14,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from radial_jax.axes import MESH_AXES
 from radial_jax.config import ConfigError, MeshConfig
-from radial_jax.parallel.rules import MESH_AXES
 
 
 class MeshError(ConfigError):

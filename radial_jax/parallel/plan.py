@@ -2,7 +2,8 @@
 into those shardings, steps jitted with explicit in/out shardings, and global batches assembled from
 each process's share of the data.
 
-The train loop only calls these; nothing here knows what the model computes.
+The train loop only calls these; nothing here knows what the model computes or what a train state
+holds: states come from an `init` function the caller passes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -22,7 +22,6 @@ from radial_jax.config import Config
 from radial_jax.parallel.constrain import active
 from radial_jax.parallel.mesh import MeshError, describe_mesh, make_mesh
 from radial_jax.parallel.rules import Rules, make_rules
-from radial_jax.train.step import TrainState, init_state
 
 BATCH_AXES = ("batch", "length")
 
@@ -69,25 +68,17 @@ class ShardingPlan:
         return jax.tree.map(lambda spec, a: self.sharding(tuple(spec), a.shape), specs, tree,
                             is_leaf=lambda x: isinstance(x, PartitionSpec))
 
-    # ------------------------------------------------------------------ train state
+    # ------------------------------------------------------------------ state
 
-    def abstract_train_state(self, make_model: Callable[[], nnx.Module],
-                             tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-        """The model's graphdef and its train state as ShapeDtypeStructs with target shardings;
-        nothing is allocated. Also the restore target of a checkpoint on this mesh."""
-        graphdef, params = nnx.split(nnx.eval_shape(make_model), nnx.Param)
-        abstract = jax.eval_shape(lambda p: init_state(p, tx), params)
-        return graphdef, jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract, self.shardings(abstract))
+    def abstract_state(self, init: Callable[[], Any]) -> Any:
+        """What `init` returns (any pytree of arrays, e.g. a train state) as ShapeDtypeStructs with
+        target shardings; nothing is allocated. Also the restore target of a checkpoint on this mesh."""
+        abstract = jax.eval_shape(init)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, self.shardings(abstract))
 
-    def init_train_state(self, make_model: Callable[[], nnx.Module], tx: optax.GradientTransformation,
-                         abstract: TrainState) -> TrainState:
-        """Parameters and optimizer state created directly in their shards (never whole on a device)."""
-        def init() -> TrainState:
-            _, params = nnx.split(make_model(), nnx.Param)
-            return init_state(params, tx)
-
+    def init_state(self, init: Callable[[], Any], abstract: Any) -> Any:
+        """`init()` computed directly in `abstract`'s shards (never whole on a device)."""
         return jax.jit(init, out_shardings=_shardings_of(abstract))()
 
     # ------------------------------------------------------------------ steps
@@ -110,15 +101,15 @@ class ShardingPlan:
         call.lower = lower
         return call
 
-    def jit_train_step(self, step: Callable, abstract: TrainState, batch_shape: tuple[int, int]):
+    def jit_train_step(self, step: Callable, abstract: Any, batch_shape: tuple[int, int]):
         """(state, batch) -> (state, metrics); the state is donated, metrics come back replicated."""
         state_sh = _shardings_of(abstract)
         return self.jit(step, (state_sh, self.batch_sharding(batch_shape)),
                         (state_sh, self.replicated), donate_argnums=(0,))
 
-    def jit_eval_step(self, step: Callable, abstract: TrainState, batch_shape: tuple[int, int]):
+    def jit_eval_step(self, step: Callable, abstract_params: Any, batch_shape: tuple[int, int]):
         """(params, batch) -> replicated sums."""
-        return self.jit(step, (_shardings_of(abstract.params), self.batch_sharding(batch_shape)),
+        return self.jit(step, (_shardings_of(abstract_params), self.batch_sharding(batch_shape)),
                         self.replicated)
 
     # ------------------------------------------------------------------ batches
@@ -167,11 +158,12 @@ class ShardingPlan:
                          f"repeated on them; choose mesh.rules=auto or a preset that uses them")
         return "\n".join(lines)
 
-    def describe_state(self, abstract: TrainState) -> str:
+    def describe_state(self, abstract_params: Any, abstract: Any) -> str:
         """One line per parameter group (layer indices folded into *): shape, logical axes, spec;
-        then the bytes of parameters plus optimizer state in all and on the fullest device."""
+        then the bytes of the whole state (parameters plus optimizer state) in all and on the
+        fullest device."""
         seen, lines = set(), ["parameter shardings (logical axes -> mesh axes):"]
-        for path, var in nnx.to_flat_state(abstract.params):
+        for path, var in nnx.to_flat_state(abstract_params):
             name = re.sub(r"\.\d+(?=\.|$)", ".*", ".".join(map(str, path)))
             logical = tuple(var.get_metadata().get("out_sharding") or ())
             spec = var.value.sharding.spec

@@ -22,10 +22,7 @@ from dataclasses import dataclass
 
 from jax.sharding import PartitionSpec
 
-from radial_jax.config import ConfigError
-
-LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "pool", "capacity")
-MESH_AXES = ("data", "fsdp", "pool", "tensor")
+from radial_jax.axes import parse_rule_overrides
 
 Table = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -82,27 +79,6 @@ class Rules:
         return ", ".join(f"{k}->{'+'.join(v) if v else 'none'}" for k, v in self.table)
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """["embed=none", "batch=data+fsdp"] -> {"embed": (), "batch": ("data", "fsdp")}."""
-    out = {}
-    for item in items:
-        logical, sep, target = (part.strip() for part in item.partition("="))
-        if not sep or not logical:
-            raise ConfigError(f"mesh.rules_override entry {item!r} must look like logical=mesh_axis, "
-                              "e.g. embed=fsdp, batch=data+fsdp or kv=none")
-        if logical not in LOGICAL_AXES:
-            raise ConfigError(f"mesh.rules_override entry {item!r}: unknown logical axis {logical!r}; "
-                              f"choose one of {', '.join(LOGICAL_AXES)}")
-        axes = () if target.lower() in ("", "none", "null") else tuple(
-            a.strip() for a in target.split("+"))
-        bad = [a for a in axes if a not in MESH_AXES]
-        if bad:
-            raise ConfigError(f"mesh.rules_override entry {item!r}: unknown mesh axis {bad[0]!r}; "
-                              f"choose from {', '.join(MESH_AXES)} (join several with +) or none")
-        out[logical] = axes
-    return out
-
-
 def choose_preset(mesh_shape: dict[str, int]) -> str:
     """`auto`: the smallest preset that uses every mesh axis larger than 1."""
     if mesh_shape.get("pool", 1) > 1:
@@ -118,7 +94,7 @@ def make_rules(preset: str, overrides: list[str] | tuple[str, ...], mesh_shape: 
     """The preset (or `auto`'s choice) with overrides replacing rules in place or appended."""
     name = choose_preset(mesh_shape) if preset == "auto" else preset
     table = dict(PRESETS[name])
-    extra = parse_overrides(overrides)
+    extra = parse_rule_overrides(overrides)  # already checked by config
     table.update(extra)
     label = name + (" + overrides" if extra else "")
     return Rules(label, tuple(table.items()))

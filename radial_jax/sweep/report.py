@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from radial_jax.config import load_config
+from radial_jax.errors import NotFoundError
 from radial_jax.model.flops import flops_per_token
 from radial_jax.sweep.cost import count_params, inference_flops, short
 from radial_jax.sweep.run import MANIFEST
 from radial_jax.train.metrics import read_metrics
 
 
-class ReportError(FileNotFoundError):
+class ReportError(NotFoundError):
     """DIR holds no finished arm; the message says what was looked for."""
 
 
@@ -164,7 +165,7 @@ def write_csv(results: list[ArmResult], path: Path) -> Path:
 
 def write_report(root: str | Path) -> dict[str, Path]:
     """Read every arm under `root`; write report.md, report.csv and the PNGs there."""
-    from radial_jax.sweep import plots
+    from radial_jax.sweep import plots  # deferred: matplotlib is heavy, and only reports draw
 
     root = Path(root)
     if not root.is_dir():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from radial_jax.sweep.cost import arm_cost, short
 from radial_jax.sweep.spec import Arm, Sweep
+from radial_jax.train.loop import train
 
 DONE = "sweep_done.json"
 MANIFEST = "sweep.json"
@@ -79,13 +80,7 @@ def write_manifest(sweep: Sweep, out: Path) -> None:
         shutil.copyfile(sweep.path, out / "sweep.yaml")
 
 
-def _train(cfg, resume_command: str) -> dict:
-    from radial_jax.train.loop import train
-
-    return train(cfg, resume_command=resume_command)
-
-
-def run_sweep(sweep: Sweep, out: Path, *, train_fn: Callable[..., dict] = _train) -> dict[str, str]:
+def run_sweep(sweep: Sweep, out: Path, *, train_fn: Callable[..., dict] = train) -> dict[str, str]:
     """Train every arm not yet done, in order; returns arm name -> "trained" or "skipped"."""
     write_manifest(sweep, out)
     resume = shlex.join(["radial", "sweep", str(sweep.path), "--out", str(out)])

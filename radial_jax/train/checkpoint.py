@@ -24,7 +24,9 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from radial_jax.errors import UserError
 from radial_jax.train.metrics import say
 from radial_jax.train.nonfinite import NonFiniteError, all_finite
 from radial_jax.train.step import TrainState
@@ -32,7 +34,7 @@ from radial_jax.train.step import TrainState
 ITEMS = ("state", "data", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used; the message names its step and folder and what to do."""
 
 
@@ -134,14 +136,28 @@ class Checkpointer:
 
         CheckpointError (naming the step) if an item is missing, a file cannot be read, or a value
         is NaN/inf."""
-        missing = self.missing_items(step)
-        if missing:
-            raise CheckpointError(self.damaged(step, f"missing {', '.join(missing)}"))
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None:
             target = _DataRestoreTarget(data_iter) if isinstance(data_iter, grain.DatasetIterator) \
                 else data_iter
             args["data"] = grain.checkpoint.CheckpointRestore(target)
+        return self._restore_state(step, args)
+
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters of `step`, into `abstract_params`' shapes/shardings: an orbax partial
+        restore, so the optimizer state is never read. CheckpointError as `restore`."""
+        target = {"params": abstract_params}
+        args = {"state": ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)}
+        return self._restore_state(step, args)["params"]
+
+    def _restore_state(self, step: int, args: dict) -> Any:
+        """The restored "state" item; CheckpointError naming the step if it is missing, unreadable
+        or not finite."""
+        missing = self.missing_items(step)
+        if missing:
+            raise CheckpointError(self.damaged(step, f"missing {', '.join(missing)}"))
         try:
             with _quiet_failed_reads():
                 state = self._mgr.restore(step, args=ocp.args.Composite(**args))["state"]
@@ -199,8 +215,6 @@ class Checkpointer:
                     target, n = dest / f"{step}.{n}", n + 1
                 shutil.move(str(self.directory / str(step)), str(target))
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("radial_jax: damaged checkpoints set aside")
         self._mgr.reload()
         return dest
@@ -215,50 +229,3 @@ class Checkpointer:
 def abstract_like(state: TrainState) -> TrainState:
     """ShapeDtypeStructs (with shardings) standing for `state`, as restore targets."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-
-
-def load_trained(run_dir: str | Path, overrides: list[str] | tuple = (), step: int | None = None):
-    """(config, graphdef, params, step) of a run's newest (or given) checkpoint, for eval/generate.
-
-    The config is the run's own `config.yaml` with `overrides` applied (e.g. another data source).
-    """
-    from flax import nnx
-
-    from radial_jax.config import load_config
-    from radial_jax.model.build import build_model
-    from radial_jax.train.optimizer import make_optimizer
-    from radial_jax.train.step import init_state
-
-    run_dir = Path(run_dir).expanduser()
-    from radial_jax.export import is_model_dir, load_model_dir
-
-    if is_model_dir(run_dir):  # `radial export` output or a Hugging Face directory: read without orbax
-        return load_model_dir(run_dir, overrides)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {cfg_path} is missing")
-    cfg = load_config(cfg_path, overrides)
-    ckpt = Checkpointer(run_dir / "checkpoints", keep=cfg.train.keep_checkpoints, async_save=False,
-                        read_only=True)
-    steps = ckpt.all_steps()
-    step = step if step is not None else ckpt.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first with `radial train`")
-    if step not in steps:
-        raise FileNotFoundError(f"no checkpoint for step {step} in {ckpt.directory}; it has steps "
-                                f"{', '.join(map(str, sorted(steps))) or 'none'}")
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(cfg)), nnx.Param)
-    abstract = jax.eval_shape(lambda p: init_state(p, make_optimizer(cfg.train)), params)
-    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # whatever mesh saved it
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract)
-    try:
-        state = ckpt.restore(step, abstract)
-    except CheckpointError as e:
-        others = sorted((s for s in steps if s != step), reverse=True)
-        hint = (f"; pick another with --step (steps {', '.join(map(str, others))}), or run `radial "
-                f"train` on this run dir, which resumes from the newest intact one" if others else
-                "; no other checkpoint is left")
-        raise CheckpointError(f"{e}{hint}") from None
-    finally:
-        ckpt.close()
-    return cfg, graphdef, state.params, step

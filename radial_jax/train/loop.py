@@ -4,21 +4,19 @@ evaluate, log and checkpoint. The math lives in step.py; this file only orchestr
 from __future__ import annotations
 
 import time
-from functools import partial
-from pathlib import Path
 
 import jax
-import numpy as np
-from flax import nnx
 
 from radial_jax.config import Config
 from radial_jax.data.pipeline import describe, make_eval_batches, make_iterator
-from radial_jax.data.tokenizer import get_tokenizer
-from radial_jax.model.build import build_model
+from radial_jax.data.tokenizer import tokenizer_for
+from radial_jax.model.build import abstract_model, build_model
 from radial_jax.model.flops import describe_flops
 from radial_jax.parallel.plan import ShardingPlan
 from radial_jax.train.checkpoint import Checkpointer
 from radial_jax.train.guard import check_resume, describe_changes, record_changes
+from radial_jax.train.heatmap import write_heatmap
+from radial_jax.train.init import train_state_init
 from radial_jax.train.metrics import MetricWriter, console_line, say
 from radial_jax.train.nonfinite import NonFiniteError, enforce, new_tally, take, tally
 from radial_jax.train.optimizer import lr_schedule, make_optimizer
@@ -31,31 +29,6 @@ from radial_jax.train.summary import run_summary
 
 def evaluate(eval_step, params, batches: list[dict]) -> dict[str, float]:
     return summarize_eval([jax.device_get(eval_step(params, b)) for b in batches])
-
-
-@partial(jax.jit, static_argnums=0)
-def _route_trace(graphdef, params, tokens, positions, segment_ids):
-    """[T, B, S] pool layer each token ran at each step (P = skipped)."""
-    _, aux = nnx.merge(graphdef, params)(tokens, positions, segment_ids, return_trace=True)
-    return aux.trace_TxBxS
-
-
-def write_heatmap(run_dir: Path, writer: MetricWriter, step: int, graphdef, params, batch: dict,
-                  tokenizer, n_tokens: int = 96) -> Path:
-    """Routing of the first `n_tokens` of an eval row, as a TensorBoard image and a PNG in the run dir."""
-    from radial_jax.analysis.heatmap import routing_heatmap_png, token_labels
-
-    trace = np.asarray(_route_trace(graphdef, params, batch["inputs"][:1], batch["positions"][:1],
-                                    batch["segment_ids"][:1]))[:, 0, :n_tokens]
-    labels = token_labels(np.asarray(batch["inputs"][0, :n_tokens]), tokenizer.decode)
-    pool_size = jax.tree.leaves(params["pool"])[0].shape[0]
-    png, _, _ = routing_heatmap_png(trace, labels, pool_size,
-                                    title=f"routing at step {step} (white = skip)")
-    path = run_dir / "routing_heatmap.png"
-    if writer.enabled:
-        path.write_bytes(png)
-    writer.image(step, "route/heatmap", png)
-    return path
 
 
 def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | None = None) -> dict:
@@ -80,7 +53,7 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     batch_shape = (cfg.data.batch_size, cfg.data.seq_len)
     shard, n_shards = plan.data_shard(batch_shape)  # which rows of each global batch we load
 
-    tokenizer = get_tokenizer(cfg.data.tokenizer)
+    tokenizer = tokenizer_for(cfg)
     say(describe(cfg.data))
     data_iter = make_iterator(cfg.data, "train", tokenizer=tokenizer, seed=cfg.data.shuffle_seed,
                               process_index=shard, process_count=n_shards)
@@ -88,12 +61,14 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     eval_batches = [plan.batch_from_full(b) for b in eval_host]
 
     tx = make_optimizer(t, cfg.routing.balance_rate)
-    graphdef, abstract = plan.abstract_train_state(lambda: build_model(cfg), tx)
+    graphdef, _ = abstract_model(cfg)
+    init = train_state_init(lambda: build_model(cfg), tx)
+    abstract = plan.abstract_state(init)
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     say(f"model: {cfg.model.kind}, {n_params:,} parameters; {describe_flops(cfg)}")
     peak, peak_source = peak_flops(cfg)
     say(f"MFU against {peak / 1e12:.2f} TFLOP/s per device: {peak_source}")
-    say(plan.describe_state(abstract))
+    say(plan.describe_state(abstract.params, abstract))
 
     check_free_space(run_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract)),
                      t.keep_checkpoints)
@@ -111,13 +86,13 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
             if lead:
                 record_changes(run_dir, start, changes)
     else:
-        state = plan.init_train_state(lambda: build_model(cfg), tx, abstract)
+        state = plan.init_state(init, abstract)
     if start >= t.steps:
         say(f"run already complete at step {start}; raise train.steps to train further")
 
     train_step = plan.jit_train_step(make_train_step(graphdef, tx, lr_schedule(t)), abstract,
                                      batch_shape)
-    eval_step = plan.jit_eval_step(make_eval_step(graphdef, tokenizer.token_bytes()), abstract,
+    eval_step = plan.jit_eval_step(make_eval_step(graphdef, tokenizer.token_bytes()), abstract.params,
                                    batch_shape)
     writer = MetricWriter(run_dir, enabled=lead, start_step=start)
     if writer.dropped:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -113,7 +114,5 @@ def console_line(step: int, total: int, values: dict[str, float], eta_s: float |
 
 def say(msg: str) -> None:
     """A line of the run log; in a multi-process run only process 0 prints."""
-    import jax
-
     if jax.process_index() == 0:
         print(msg, flush=True, file=sys.stdout)

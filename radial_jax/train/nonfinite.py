@@ -19,9 +19,13 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from radial_jax.errors import UserError
 
-class NonFiniteError(RuntimeError):
+
+class NonFiniteError(UserError, RuntimeError):
     """Training produced NaN/inf and was stopped, or a state holding NaN/inf was about to be saved."""
+
+    exit_code = 1  # the run diverged: not a usage error
 
 
 @struct.dataclass

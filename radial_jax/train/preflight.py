@@ -7,10 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+from radial_jax.errors import UserError
 from radial_jax.train.metrics import say
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError, RuntimeError):
     """The run directory cannot be used; the message names it and says what to do."""
 
 
