@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -347,6 +348,21 @@ def test_a_checkpoint_with_nonfinite_values_is_never_written(tmp_path):
         ckpt.save(2, bad, None, cfg.to_dict())
     ckpt.wait()
     assert ckpt.all_steps() == [1] and not list((tmp_path / "checkpoints").glob("2*"))
+
+
+def test_restore_params_reads_the_parameters_without_the_optimizer_state(tmp_path):
+    """What `radial eval`/`generate` load from a run dir: the target names no optimizer state at all."""
+    cfg = load_config(None, TINY)
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=3, async_save=False)
+    data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
+    ckpt.save(1, init_state(params, make_optimizer(cfg.train)), data_iter, cfg.to_dict())
+    ckpt.close()
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), params)
+    got = Checkpointer(tmp_path / "checkpoints", keep=3, read_only=True).restore_params(1, target)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_a_save_that_never_completed_is_deleted_when_training_reopens_the_checkpoints(tmp_path):

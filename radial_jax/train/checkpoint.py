@@ -2,7 +2,8 @@
 
 Layout: <run_dir>/checkpoints/<step>/{state, data, config}. Saving is asynchronous (the device-to-host
 copy happens before `save` returns, so the next step may donate the buffers). Restoring takes an
-abstract train state whose shardings say where each array goes, so a run can resume on another mesh.
+abstract train state whose shardings say where each array goes, so a run can resume on another mesh;
+`restore_params` reads the parameters alone (how radial_jax.io loads a run's model).
 
 Damage (truncated or missing files, a missing item, NaN/inf values) is found by restoring: every
 failure becomes a `CheckpointError` naming the step. A save interrupted by a killed process leaves
