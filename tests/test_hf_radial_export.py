@@ -14,15 +14,10 @@ from flax import nnx
 from radial_jax.config import load_config
 from radial_jax.generate.sampling import Generator, Sampling
 from radial_jax.io.hf_radial import HFRadialError, write_hf_radial
+from radial_jax.io.load import load_model
+from radial_jax.io.tensors import flat_params
 from radial_jax.train.loop import train
 from tests.helpers import TINY, tiny_config
-
-try:  # radial_jax.export and radial_jax.hf are moving into radial_jax.io
-    from radial_jax.io.tensors import flat_params
-
-    from radial_jax.io import load_model
-except ImportError:
-    from radial_jax.export import flat_params, load_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
