@@ -70,11 +70,12 @@ def test_dense_hf_export_loads_in_transformers_with_the_same_logits(tmp_path, ti
     np.testing.assert_allclose(logits_of(graphdef, params, batch), want, atol=1e-4, rtol=1e-4)
 
 
-def test_hf_export_refuses_radial_models(tmp_path):
+def test_hf_export_of_radial_models_writes_transformers_remote_code(tmp_path):
     cfg = tiny_config("model.kind=radial", "model.pool_size=2", "model.steps=2")
     _, params = nnx.split(build_model(cfg), nnx.Param)
-    with pytest.raises(ConfigError, match="--format safetensors"):
-        write_export(cfg, params, tmp_path, fmt="hf")
+    files = write_export(cfg, params, tmp_path, fmt="hf")  # tests/test_hf_radial_export.py: it runs
+    assert files["modeling_radial"].is_file()
+    assert json.loads(files["config"].read_text())["auto_map"]["AutoModelForCausalLM"]
 
 
 @pytest.mark.parametrize("kind", ["dense", "radial"])

@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 from radial_jax.config import Config
 from radial_jax.io.export_dir import WEIGHTS, export_layout
 from radial_jax.io.hf.llama import to_hf_llama
+from radial_jax.io.hf_radial import write_hf_radial
 from radial_jax.io.load import load_model
 from radial_jax.io.tensors import ExportError, flat_params
 
@@ -31,6 +32,8 @@ def write_export(cfg: Config, params, out_dir: str | Path, *, fmt: str = "safete
     if fmt == "safetensors":
         config, tensors, metadata = export_layout(cfg, params, step=step, origin=origin,
                                                   tokenizer_file=tok_file)
+    elif fmt == "hf" and cfg.model.kind == "radial":  # transformers remote code (docs/hf-export.md)
+        return write_hf_radial(cfg, flat_params(params), out_dir, tokenizer=tokenizer)
     elif fmt == "hf":
         config, tensors = to_hf_llama(cfg, flat_params(params))
         if tokenizer is not None:
