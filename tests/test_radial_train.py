@@ -21,7 +21,7 @@ RADIAL = ["model.kind=radial", "model.pool_size=4", "model.steps=4", "model.capa
 
 def routes(graphdef, params, batch):
     fwd = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["inputs"], b["positions"], b["segment_ids"],
-                                                        return_trace=True)[1]["trace_TxBxS"])
+                                                        return_trace=True)[1].trace_TxBxS)
     return np.asarray(fwd(params, batch))
 
 

@@ -386,12 +386,16 @@ def test_a_save_that_never_completed_is_deleted_when_training_reopens_the_checkp
 # --------------------------------------------------------------------------- damaged checkpoints
 
 
-def biggest_file(d: Path) -> Path:
-    return max((p for p in d.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+def truncate_array_files(step: Path) -> None:
+    """Halve every array data file of the state: whichever file holds the parameters is damaged
+    (loading a model restores the parameters alone, so damage to optimizer bytes only is not read)."""
+    for f in (step / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+            os.truncate(f, f.stat().st_size // 2)
 
 
 DAMAGE = {
-    "truncated file": lambda step: os.truncate(f := biggest_file(step / "state"), f.stat().st_size // 2),
+    "truncated file": truncate_array_files,
     "missing item": lambda step: shutil.rmtree(step / "data"),
     "half-written": lambda step: step.rename(step.with_name(f"{step.name}.orbax-checkpoint-tmp-1234")),
 }

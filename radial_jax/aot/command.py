@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from radial_jax.aot.topology import cpu_flag, parse_topology, tpu_environment
+from radial_jax.aot.compile import compile_train_step
+from radial_jax.aot.report import build_report, format_report
+from radial_jax.aot.topology import cpu_flag, get_topology, parse_topology, tpu_environment
+from radial_jax.config import load_config
 
 
 def needs_cpu_reexec(topology: str) -> int | None:
@@ -29,12 +32,7 @@ def reexec_with_cpu_devices(n: int, argv: list[str]) -> int:
 
 def run(config: str, topology: str, slices: int = 1, out: str | None = None,
         overrides: list[str] | tuple = (), hlo: str | None = None) -> dict:
-    tpu_environment()  # before JAX initialises its backends
-    from radial_jax.aot.compile import compile_train_step
-    from radial_jax.aot.report import build_report, format_report
-    from radial_jax.aot.topology import get_topology
-    from radial_jax.config import load_config
-
+    tpu_environment()  # before JAX initialises its backends (importing jax does not)
     cfg = load_config(config, list(overrides))
     topo = get_topology(topology, slices)
     compiled = compile_train_step(cfg, topo)

@@ -152,6 +152,16 @@ def slot_mask(present_BxM, past: int, s: int):
     return (present_BxM[:, None, :] & before_SxM[None]) | own_SxM[None]
 
 
+def carry_forward(new, old):
+    """`kv_skip: carry`: positions this step did not process keep the last keys/values that did.
+
+    `new` and `old` are (k_BxSxGxK, v_BxSxGxK, present_BxS); returns the merged triple.
+    """
+    (k, v, present), (old_k, old_v, had) = new, old
+    keep = present[..., None, None]
+    return torch.where(keep, k, old_k), torch.where(keep, v, old_v), present | had
+
+
 class Block(nn.Module):
     """Pre-norm transformer block (Llama style): x + attn(norm(x)), then + mlp(norm(.)).
 
@@ -407,11 +417,8 @@ class RadialModel(RadialPreTrainedModel):
         k_BxSxGxK, v_BxSxGxK, present_BxS = k_sum_BxSxGxK * scale, v_sum_BxSxGxK * scale, n_BxS > 0
         if cfg.kv_skip == "carry":
             if carry is not None:
-                old_k, old_v, had_BxS = carry
-                keep = present_BxS[..., None, None]
-                k_BxSxGxK = torch.where(keep, k_BxSxGxK, old_k)
-                v_BxSxGxK = torch.where(keep, v_BxSxGxK, old_v)
-                present_BxS = present_BxS | had_BxS
+                k_BxSxGxK, v_BxSxGxK, present_BxS = carry_forward(
+                    (k_BxSxGxK, v_BxSxGxK, present_BxS), carry)
             carry = (k_BxSxGxK, v_BxSxGxK, present_BxS)
         keys, values, present_BxM = cache.append(cfg.prefix_layers + t, k_BxSxGxK, v_BxSxGxK,
                                                  present_BxS & valid_BxS)
