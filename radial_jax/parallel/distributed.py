@@ -79,7 +79,3 @@ def initialize(launch: Launch | None) -> None:
     jax.distributed.initialize(coordinator_address=launch.coordinator,
                                num_processes=launch.num_processes, process_id=launch.process_id)
 
-
-def describe_processes() -> str:
-    return (f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} "
-            f"local of {jax.device_count()} {jax.devices()[0].platform} devices")

@@ -226,7 +226,3 @@ class Checkpointer:
     def close(self) -> None:
         self._mgr.close()
 
-
-def abstract_like(state: TrainState) -> TrainState:
-    """ShapeDtypeStructs (with shardings) standing for `state`, as restore targets."""
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

@@ -57,7 +57,7 @@ def peak_flops(cfg: Config, device=None) -> tuple[float, str]:
 def perf_metrics(cfg: Config, tokens_per_s: float, n_devices: int, peak: float,
                  active_depth: float | None = None) -> dict[str, float]:
     """perf/model_tflops_per_device (radial: the active FLOPs of its routes), perf/mfu against `peak`,
-    and perf/compiled_tflops_per_device (what the static shapes compute, as the compiler counts)."""
+    and perf/compiled_tflops_per_device (what the static shapes compute, counted analytically)."""
     per_device = tokens_per_s / n_devices
     model = active_train_flops(cfg, active_depth) * per_device
     return {"perf/model_tflops_per_device": model / 1e12, "perf/mfu": model / peak,
