@@ -225,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = _model_command(sub, "export", _cmd_export, overrides=None,
                        help="write a model as safetensors + config.json (no orbax needed to load it); "
-                            "--format hf: Hugging Face (dense: Llama layout; radial: remote code)")
+                            "--format hf: Hugging Face (dense: Llama/Qwen2/GPT-2/OPT; radial: remote code)")
     x.add_argument("--out", required=True, help="output folder")
     x.add_argument("--format", choices=FORMATS, default="safetensors",
-                   help="safetensors: radial_jax layout (default); hf: Llama, or radial remote code")
+                   help="safetensors: radial_jax layout (default); hf: Llama, Qwen2, GPT-2 or OPT, "
+                        "or radial remote code")
 
     di = sub.add_parser("distill", help="distil a dense model into a radial student whose pool starts as "
                                          "its layers; reports eval loss against mean active depth")

@@ -70,6 +70,33 @@ def test_dense_hf_export_loads_in_transformers_with_the_same_logits(tmp_path, ti
     np.testing.assert_allclose(logits_of(graphdef, params, batch), want, atol=1e-4, rtol=1e-4)
 
 
+def test_dense_hf_export_picks_the_architecture_that_holds_the_options(tmp_path):
+    # an untied head rules GPT-2 out; OPT holds LayerNorm (eps 1e-5), ReLU, biases, learned positions
+    cfg = tiny_config("model.init_std=0.1", "model.tie_embeddings=false", "model.norm=layer",
+                      "model.norm_eps=1e-5", "model.mlp=relu", "model.positions=learned",
+                      "model.max_positions=64", "model.qkv_bias=true", "model.out_bias=true",
+                      "model.mlp_bias=true", "model.n_kv_heads=4")
+    graphdef, params = nnx.split(build_model(cfg), nnx.Param)
+    write_export(cfg, params, tmp_path, fmt="hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    assert type(hf).__name__ == "OPTForCausalLM"
+    batch = one_doc_batch()
+    with torch.no_grad():
+        want = hf(torch.tensor(np.asarray(batch["inputs"]), dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(logits_of(graphdef, params, batch), want, atol=1e-4, rtol=1e-4)
+
+
+def test_dense_hf_export_refuses_options_no_architecture_holds(tmp_path):
+    cfg = tiny_config("model.norm=layer")  # with RoPE: Llama has RMSNorm, GPT-2 and OPT learned positions
+    _, params = nnx.split(build_model(cfg), nnx.Param)
+    with pytest.raises(ConfigError) as err:
+        write_export(cfg, params, tmp_path, fmt="hf")
+    for named in ("llama cannot take model.norm='layer'", "gpt2 cannot take", "model.positions='rope'",
+                  "opt cannot take", "--format safetensors"):
+        assert named in str(err.value)
+    assert not (tmp_path / "config.json").exists()
+
+
 def test_hf_export_of_radial_models_writes_transformers_remote_code(tmp_path):
     cfg = tiny_config("model.kind=radial", "model.pool_size=2", "model.steps=2")
     _, params = nnx.split(build_model(cfg), nnx.Param)

@@ -184,7 +184,7 @@ def test_directory_tokenizer_is_used_by_eval_and_profile(tmp_path, capsys):
 
 
 def test_imported_model_exports_to_both_layouts(tmp_path, capsys):
-    hf = make_hf("llama", tmp_path / "hf")
+    hf = make_hf("opt", tmp_path / "hf")
     write_tokenizer(tmp_path / "hf", ["one two three four five six seven"] * 3)
     tokens = np.random.default_rng(3).integers(0, VOCAB, (2, 16))
     want = hf_logits(hf, tokens)
@@ -195,12 +195,22 @@ def test_imported_model_exports_to_both_layouts(tmp_path, capsys):
     ours = load_model(tmp_path / "ours")
     assert ours.source == "export" and ours.cfg.data.tokenizer == str(tmp_path / "ours" / "tokenizer.json")
     np.testing.assert_allclose(ours_logits(ours.graphdef, ours.params, tokens), want, atol=1e-4, rtol=1e-4)
+    # our layout remembers the architecture, so --format hf writes OPT again (GPT-2 would fit too)
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back"), dtype=torch.float32)
+    assert type(back).__name__ == "OPTForCausalLM"
     np.testing.assert_allclose(hf_logits(back.eval(), tokens), want, atol=1e-4, rtol=1e-4)
     assert (tmp_path / "back" / "tokenizer.json").is_file()
     assert json.loads((tmp_path / "back" / "config.json").read_text())["bos_token_id"] == 0
-    # GPT-2's LayerNorm and learned positions have no place in the Llama layout
-    make_hf("gpt2", tmp_path / "gpt2")
-    assert main(["export", "--checkpoint", str(tmp_path / "gpt2"), "--out", str(tmp_path / "x"),
-                 "--format", "hf"]) == 2
-    assert "model.norm='layer'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kind", "cls"), [
+    ("gpt2", "GPT2LMHeadModel"), ("opt", "OPTForCausalLM"), ("qwen2", "Qwen2ForCausalLM"),
+    ("llama_biases_tied", "LlamaForCausalLM")])
+def test_imported_model_exports_back_to_its_own_architecture(tmp_path, kind, cls):
+    hf = make_hf(kind, tmp_path / "hf")
+    assert main(["export", "--checkpoint", str(tmp_path / "hf"), "--out", str(tmp_path / "back"),
+                 "--format", "hf"]) == 0
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back"), dtype=torch.float32)
+    assert type(back).__name__ == cls
+    tokens = np.random.default_rng(4).integers(0, VOCAB, (2, 24))
+    np.testing.assert_allclose(hf_logits(back.eval(), tokens), hf_logits(hf, tokens), atol=1e-4, rtol=1e-4)

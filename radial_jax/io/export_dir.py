@@ -17,14 +17,15 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 
 
-def export_layout(cfg: Config, params, *, step: int | None, origin: str, tokenizer_file: str | None
-                  ) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
-    """(config.json document, tensors, safetensors metadata) of a model in our layout."""
+def export_layout(cfg: Config, params, *, step: int | None, origin: str, tokenizer_file: str | None,
+                  arch: str | None = None) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
+    """(config.json document, tensors, safetensors metadata) of a model in our layout; `arch`, the
+    Hugging Face model_type it was imported from, is kept for a later `--format hf`."""
     raw = cfg.to_dict()
     if tokenizer_file is not None:
         raw["data"]["tokenizer"] = "tokenizer.json"  # relative: resolved against the export dir
-    config = {"radial_jax": {"format_version": FORMAT_VERSION, "step": step, "exported_from": origin},
-              "config": raw}
+    meta = {"format_version": FORMAT_VERSION, "step": step, "exported_from": origin}
+    config = {"radial_jax": meta | ({"hf_model_type": arch} if arch else {}), "config": raw}
     return config, flat_params(params), {"format": "np", "radial_jax": str(FORMAT_VERSION)}
 
 

@@ -27,6 +27,7 @@ class Loaded:
     tokenizer: Any
     step: int | None
     source: str  # "run" | "export" | "hf"
+    arch: str | None = None  # the Hugging Face model_type it came from: `--format hf` writes it again
 
 
 def detect(path: str | Path) -> str:
@@ -51,10 +52,13 @@ def load_model(path: str | Path, overrides=(), step: int | None = None) -> Loade
     `step` picks a run's checkpoint (default: the newest)."""
     p = Path(path).expanduser()
     kind = detect(p)
+    arch = None
     if kind == "run":
         cfg, graphdef, params, step = read_run(p, overrides, step)
     elif kind == "export":
         cfg, graphdef, params, step = read_export(p, overrides)
+        arch = read_json(p / "config.json")["radial_jax"].get("hf_model_type")
     else:
         (cfg, graphdef, params), step = read_hf(p, overrides), None
-    return Loaded(cfg, graphdef, params, tokenizer_for(cfg), step, kind)
+        arch = read_json(p / "config.json")["model_type"]
+    return Loaded(cfg, graphdef, params, tokenizer_for(cfg), step, kind, arch)

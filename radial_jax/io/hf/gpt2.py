@@ -1,33 +1,81 @@
-"""GPT-2 checkpoints as our dense model."""
+"""GPT-2 <-> our dense model (LayerNorm, learned positions, fused qkv Conv1D, GELU MLP, biases),
+through one name table (`rules`) read in both directions."""
 
 from __future__ import annotations
 
-from radial_jax.io.hf.common import Weights, act, need
+import numpy as np
+
+from radial_jax.config import Config
+from radial_jax.io.hf.common import (
+    ACT_NAMES,
+    Weights,
+    act,
+    config_values,
+    head_rules,
+    misfits,
+    need,
+    norm_rules,
+    plain_misfits,
+)
+from radial_jax.io.hf.table import (
+    KeyMap,
+    Rule,
+    conv_heads_out,
+    fused_qkv,
+    load_keys,
+    load_tensors,
+    rule,
+    save_keys,
+    save_tensors,
+)
+
+FIXED = {"norm": "layer", "positions": "learned", "qkv_bias": True, "out_bias": True, "mlp_bias": True,
+         "tie_embeddings": True}
+KEYS = (KeyMap("model.vocab_size", "vocab_size"), KeyMap("model.d_model", "n_embd"),
+        KeyMap("model.n_layers", "n_layer"), KeyMap("model.n_heads", "n_head"),
+        KeyMap("model.d_ff", "n_inner", 0), KeyMap("model.norm_eps", "layer_norm_epsilon", 1e-5),
+        KeyMap("model.max_positions", "n_positions"))
+
+
+def rules(m: dict) -> list[Rule]:
+    """HF names (transformer. prefix dropped) <-> ours; GPT-2's Conv1D weights are [in, out] as ours."""
+    h = m["n_heads"]
+    out = [*head_rules(m, "wte.weight", "ln_f"), rule("wpe.weight", "embedder.pos_embedding")]
+    for i in range(m["n_layers"]):
+        s, o = f"h.{i}.", f"blocks.{i}."
+        out += [*norm_rules(m, s + "ln_1", o + "attn_norm"), *norm_rules(m, s + "ln_2", o + "mlp_norm"),
+                rule(s + "attn.c_attn.weight", (o + "attn.wq", o + "attn.wk", o + "attn.wv"), fused_qkv(h)),
+                rule(s + "attn.c_attn.bias", (o + "attn.bq", o + "attn.bk", o + "attn.bv"), fused_qkv(h)),
+                rule(s + "attn.c_proj.weight", o + "attn.wo", conv_heads_out(h)),
+                rule(s + "attn.c_proj.bias", o + "attn.bo")]
+        for theirs, x in (("c_fc", "up"), ("c_proj", "down")):
+            out += [rule(s + f"mlp.{theirs}.weight", o + f"mlp.w_{x}"),
+                    rule(s + f"mlp.{theirs}.bias", o + f"mlp.b_{x}")]
+    return out
 
 
 def from_gpt2(doc: dict, w: Weights, where: str) -> tuple[dict, dict]:
-    """GPT-2: LayerNorm, learned positions, fused qkv Conv1D ([in, out] weights), GELU MLP, biases."""
+    """GPT-2 as our dense model with its options (FIXED); the head is tied to wte."""
     need(doc, "scale_attn_by_inverse_layer_idx", lambda v: not v, where, "per-layer attention scaling")
     need(doc, "scale_attn_weights", bool, where, "unscaled attention")
-    d, h, n = doc["n_embd"], doc["n_head"], doc["n_layer"]
-    k = d // h
-    model = dict(d_model=d, n_layers=n, n_heads=h, n_kv_heads=h, head_dim=k, d_ff=doc.get("n_inner") or 4 * d,
-                 norm_eps=float(doc.get("layer_norm_epsilon", 1e-5)), norm="layer",
-                 mlp=act(doc, "activation_function", where), qkv_bias=True, out_bias=True, mlp_bias=True,
-                 positions="learned", max_positions=doc["n_positions"], tie_embeddings=True)
-    t = {"embedder.embedding": w["wte.weight"], "embedder.pos_embedding": w["wpe.weight"],
-         "embedder.final_norm.scale": w["ln_f.weight"], "embedder.final_norm.bias": w["ln_f.bias"]}
-    for i in range(n):
-        s, o = f"h.{i}.", f"blocks.{i}."
-        qkv_W, qkv_b = w[s + "attn.c_attn.weight"], w[s + "attn.c_attn.bias"]  # [D, 3D], [3D]
-        for j, name in enumerate("qkv"):
-            t[o + f"attn.w{name}"] = qkv_W[:, j * d:(j + 1) * d].reshape(d, h, k)
-            t[o + f"attn.b{name}"] = qkv_b[j * d:(j + 1) * d].reshape(h, k)
-        t[o + "attn.wo"] = w[s + "attn.c_proj.weight"].reshape(h, k, d)
-        t[o + "attn.bo"] = w[s + "attn.c_proj.bias"]
-        t[o + "mlp.w_up"], t[o + "mlp.b_up"] = w[s + "mlp.c_fc.weight"], w[s + "mlp.c_fc.bias"]
-        t[o + "mlp.w_down"], t[o + "mlp.b_down"] = w[s + "mlp.c_proj.weight"], w[s + "mlp.c_proj.bias"]
-        for ours, theirs in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
-            t[o + f"{ours}.scale"], t[o + f"{ours}.bias"] = w[s + f"{theirs}.weight"], w[s + f"{theirs}.bias"]
-    w.ignore("lm_head.weight")  # GPT-2's head is tied to wte
-    return model, t
+    raw = load_keys(KEYS, doc, where)
+    m = raw["model"]
+    m.update(FIXED, n_kv_heads=m["n_heads"], head_dim=m["d_model"] // m["n_heads"],
+             d_ff=m["d_ff"] or 4 * m["d_model"], mlp=act(doc, "activation_function", where))
+    w.ignore("lm_head.weight")
+    return raw, load_tensors(rules(m), w.__getitem__, w.has)
+
+
+def gpt2_misfits(cfg: Config) -> list[str]:
+    """Our options the GPT-2 layout cannot hold."""
+    m = cfg.model
+    return misfits(m, FIXED) + plain_misfits(m)
+
+
+def to_gpt2(cfg: Config, flat: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config.json, tensors with HF names) of a dense model as GPT2LMHeadModel."""
+    values = config_values(cfg)
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", **save_keys(KEYS, values),
+              "activation_function": ACT_NAMES[cfg.model.mlp], "initializer_range": cfg.model.init_std,
+              "tie_word_embeddings": True}
+    return config, save_tensors(rules(values["model"]), flat, "transformer.")

@@ -14,17 +14,21 @@ from radial_jax.io.hf.common import HFError, Weights
 from radial_jax.io.hf.gpt2 import from_gpt2
 from radial_jax.io.hf.llama import from_llama
 from radial_jax.io.hf.opt import from_opt
+from radial_jax.io.hf_radial.layout import from_radial
+from radial_jax.io.hf_radial.tokenizer import is_byte_tokenizer
 from radial_jax.io.tensors import fill_params, read_json, read_weights
 
+# model_type -> (config.json, weights, where) -> (our config sections, our flat tensors)
 ARCHITECTURES = {"llama": from_llama, "mistral": from_llama, "qwen2": from_llama, "gpt2": from_gpt2,
-                 "opt": from_opt}
+                 "opt": from_opt, "radial": from_radial}
 
 
 def _tokenizer_for(path: Path, vocab_size: int) -> str:
-    """The directory's tokenizer.json, else bytes where the vocabulary covers them, else HFError."""
+    """The directory's tokenizer.json (bytes where it is the byte tokenizer's file that our export
+    writes), else bytes where the vocabulary covers them, else HFError."""
     tok = path / "tokenizer.json"
     if tok.is_file():
-        return str(tok.absolute())
+        return "bytes" if is_byte_tokenizer(tok) else str(tok.absolute())
     if vocab_size >= ByteTokenizer.vocab_size:
         return "bytes"
     raise HFError(f"{path} has no tokenizer.json, and its vocabulary ({vocab_size} ids) is smaller than the "
@@ -32,7 +36,8 @@ def _tokenizer_for(path: Path, vocab_size: int) -> str:
 
 
 def hf_config_and_tensors(path, overrides=()) -> tuple[Config, dict[str, np.ndarray]]:
-    """Our config (dense model with the architecture's options) and flat tensors of an HF directory."""
+    """Our config (a dense model with the architecture's options, or a radial one) and flat tensors of
+    an HF directory."""
     p = Path(path).expanduser()
     where = str(p)
     doc = read_json(p / "config.json")
@@ -41,16 +46,15 @@ def hf_config_and_tensors(path, overrides=()) -> tuple[Config, dict[str, np.ndar
         raise HFError(f"{where}: model_type {mt!r} is not supported; supported: "
                       f"{', '.join(sorted(ARCHITECTURES))}")
     w = Weights(read_weights(p), where)
-    model, tensors = ARCHITECTURES[mt](doc, w, where)
+    raw, tensors = ARCHITECTURES[mt](doc, w, where)
     left = w.unused()
     if left:
         raise HFError(f"{where}: weights the {mt} mapping does not use: {', '.join(left[:8])}")
-    model.update(kind="dense", vocab_size=doc["vocab_size"])
-    limit = model.get("max_positions") or doc.get("max_position_embeddings") or 2048
+    raw["model"].setdefault("kind", "dense")
+    limit = raw["model"].get("max_positions") or doc.get("max_position_embeddings") or 2048
     window = doc.get("sliding_window") if doc.get("use_sliding_window", mt == "mistral") else None
-    raw = {"run": {"dir": str(p)}, "model": model,
-           "data": {"tokenizer": _tokenizer_for(p, doc["vocab_size"]),
-                    "seq_len": min(256, limit, window or limit)}}
+    raw.update(run={"dir": str(p)}, data={"tokenizer": _tokenizer_for(p, doc["vocab_size"]),
+                                          "seq_len": min(256, limit, window or limit)})
     try:
         cfg = from_dict(apply_overrides(raw, overrides))
     except ConfigError as e:

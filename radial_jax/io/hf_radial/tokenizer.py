@@ -14,6 +14,8 @@ import json
 import shutil
 from pathlib import Path
 
+from radial_jax.data.tokenizer import ByteTokenizer
+
 BOS, EOS = "<bos>", "<eos>"
 
 
@@ -49,6 +51,13 @@ def byte_tokenizer_json(bos_id: int, eos_id: int) -> str:
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
                                                        special_tokens=[(BOS, bos_id)])
     return tok.to_str()
+
+
+def is_byte_tokenizer(path: Path) -> bool:
+    """Whether `path` is the tokenizer.json this module writes for the byte tokenizer (so a model
+    read back from an export runs on bytes, as it was trained)."""
+    want = byte_tokenizer_json(ByteTokenizer.bos_id, ByteTokenizer.eos_id)
+    return path.stat().st_size == len(want.encode()) and path.read_text() == want
 
 
 def write_tokenizer_files(tokenizer, out: Path) -> dict[str, Path]:
