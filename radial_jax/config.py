@@ -110,6 +110,14 @@ class RoutingConfig:
     skip_predict_weight: float = _f(0.1, "skip: learned: weight of the skip predictor's cross-entropy",
                                     lo=0.0)
     order: Literal["free", "monotonic"] = _f("free", "monotonic: layer index never decreases")
+    schedule: Literal["free", "sequential"] = _f(
+        "free", "sequential: step t may use only pool layer t mod P, and runs only that layer (the fixed "
+                "block order of Mixture-of-Depths)")
+    route_every: int = _count(
+        1, "route only every k-th step (steps k-1, 2k-1, ...); the others run every token through their "
+           "scheduled layer with gate 1 (Mixture-of-Depths: 2); needs schedule: sequential")
+    early_exit: bool = _f(False, "a token not processed at a step is not processed at any later step "
+                                 "(Mixture-of-Recursions: the router sets each token's number of recursions)")
     load_balance_weight: float = _f(0.01, "Switch load-balance loss weight", lo=0.0)
     z_loss_weight: float = _f(1e-3, "router z-loss weight", lo=0.0)
     compute_weight: float = _f(0.0, "weight of the compute-target loss (0 = off)", lo=0.0)
@@ -439,6 +447,15 @@ def _check_cross_fields(cfg: Config) -> None:
         r = cfg.routing
         if r.top_k > m.pool_size:
             raise ConfigError(f"routing.top_k={r.top_k} exceeds model.pool_size={m.pool_size}")
+        if r.route_every > 1 and r.schedule != "sequential":
+            raise ConfigError(f"routing.route_every={r.route_every} runs unrouted steps through their "
+                              "scheduled layer, so it needs routing.schedule=sequential")
+        if r.schedule == "sequential" and r.top_k != 1:
+            raise ConfigError(f"routing.schedule=sequential leaves one layer per step, so routing.top_k="
+                              f"{r.top_k} must be 1")
+        if r.schedule == "sequential" and cfg.mesh.pool > 1:
+            raise ConfigError(f"routing.schedule=sequential runs one pool layer per step, which cannot be "
+                              f"split over mesh.pool={cfg.mesh.pool} devices; set mesh.pool=1")
         if r.policy == "fixed" and m.steps > m.pool_size:
             raise ConfigError(f"routing.policy=fixed maps step t to layer t, so model.steps={m.steps} "
                               f"must be <= model.pool_size={m.pool_size}")

@@ -90,10 +90,11 @@ def _is_radial(model) -> bool:
 
 
 def _check_decodable(model) -> None:
-    if _is_radial(model) and model.routing.policy == "expert_choice":
+    if _is_radial(model) and model.routing.policy == "expert_choice" and model.routing.skip != "learned":
         raise ValueError(
             "routing.policy=expert_choice is not causal (each layer picks its top tokens over the whole "
-            "sequence), so it cannot decode token by token; decoding needs token_choice or fixed")
+            "sequence), so it cannot decode token by token; decoding needs token_choice or fixed, or "
+            "expert_choice with routing.skip=learned (a causal predictor decides at inference)")
 
 
 def _check_room_if_concrete(cache: KVCache, n_new) -> None:

@@ -2,8 +2,9 @@
 
 Attention scores and values count the full row of `seq_len` keys per query (no causal halving), as
 XLA computes them. Training FLOPs are 3x the forward (forward + backward). For radial models the
-forward cost is fixed by the static shapes: T steps x P layers x C slots, whatever the router does;
-at inference a token pays only for the blocks it runs (`active_depth`).
+forward cost is fixed by the static shapes: T steps x P layers x C slots (one layer per step under
+`routing.schedule: sequential`; all S tokens at steps that `routing.route_every` leaves unrouted),
+whatever the router does; at inference a token pays only for the blocks it runs (`active_depth`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 from radial_jax.config import Config, ff_dim, head_dim
 from radial_jax.model.dispatch import capacity
+from radial_jax.model.policy import routed_step
+from radial_jax.model.routing import served_layers
 
 
 def block_flops(cfg: Config, context: int) -> float:
@@ -67,9 +70,11 @@ def flops_per_token(cfg: Config) -> FlopsPerToken:
     if m.kind == "dense":
         fwd = m.n_layers * blk + head_flops(cfg)
         return FlopsPerToken(3 * fwd, fwd, fwd, fwd)
-    slots_per_token = m.pool_size * capacity(s, m.pool_size, m.capacity_factor) / s
-    fwd = (m.prefix_layers * blk + m.steps * (router_flops(cfg) + slots_per_token * blk)
-           + head_flops(cfg))
+    served = served_layers(cfg.routing, m.pool_size)  # layers a step runs: P, or 1 when scheduled
+    routed = sum(routed_step(cfg.routing, t) for t in range(m.steps))
+    # Routed steps run `served` layers of C slots each; unrouted ones (route_every) every token once.
+    slots_per_token = routed * served * capacity(s, served, m.capacity_factor) / s + (m.steps - routed)
+    fwd = m.prefix_layers * blk + m.steps * router_flops(cfg) + slots_per_token * blk + head_flops(cfg)
     inf_max = m.prefix_layers * blk + m.steps * (router_flops(cfg) + blk) + head_flops(cfg)
     dense_eq = (m.prefix_layers + m.pool_size) * blk + head_flops(cfg)
     return FlopsPerToken(3 * fwd, fwd, inf_max, dense_eq)

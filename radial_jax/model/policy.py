@@ -4,16 +4,24 @@ Shape letters: B batch, S sequence, P pool layers, R = P + 1 choices (skip is in
 K choices per token per step (top-k).
 
 Constraints are masks on the logits: `reuse: forbid` removes layers a token already used;
-`order: monotonic` removes layers below the last one it used (strictly below with reuse forbidden).
-`skip: forbid` removes the skip choice (a token skips only when no layer is left to it);
-padding tokens always skip.
+`order: monotonic` removes layers below the last one it used (strictly below with reuse forbidden);
+`schedule: sequential` leaves step t only layer t mod P; `early_exit` leaves a token that was not
+processed at an earlier step no layer at all. `skip: forbid` removes the skip choice (a token skips
+only when no layer is left to it); padding tokens always skip.
+
+`route_every: k` routes only every k-th step; the steps between run every token through their
+scheduled layer (`step_rule`), as Mixture-of-Depths interleaves routed and dense blocks.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from radial_jax.config import RoutingConfig
 
 NEG = -1e9
 
@@ -31,29 +39,63 @@ class History:
     """What each token has done so far: the constraints' memory."""
     used_BxSxP: jax.Array  # bool: the token ran this pool layer at an earlier step
     last_BxS: jax.Array    # int32: index of the last layer it ran, -1 if none
+    stopped_BxS: jax.Array  # bool: at some earlier step the token ran no layer (skipped or dropped)
 
     @staticmethod
     def empty(batch: int, seq: int, pool_size: int) -> History:
-        return History(jnp.zeros((batch, seq, pool_size), bool), jnp.full((batch, seq), -1, jnp.int32))
+        return History(jnp.zeros((batch, seq, pool_size), bool), jnp.full((batch, seq), -1, jnp.int32),
+                       jnp.zeros((batch, seq), bool))
 
     def update(self, choice_BxSxK: jax.Array, kept_BxSxK: jax.Array, pool_size: int) -> History:
         hit_BxSxKxP = jax.nn.one_hot(choice_BxSxK, pool_size, dtype=bool) & kept_BxSxK[..., None]
         used = self.used_BxSxP | hit_BxSxKxP.any(axis=2)
         ran = jnp.where(kept_BxSxK, choice_BxSxK, -1).max(axis=-1)
-        return History(used, jnp.maximum(self.last_BxS, ran))
+        return History(used, jnp.maximum(self.last_BxS, ran), self.stopped_BxS | ~kept_BxSxK.any(-1))
 
 
-def allowed_layers(hist: History, *, reuse: str, order: str) -> jax.Array:
-    """[B, S, P] bool: layers a token may choose now."""
+def allowed_layers(hist: History, routing: RoutingConfig, t: int) -> jax.Array:
+    """[B, S, P] bool: layers a token may choose at step t."""
     p = hist.used_BxSxP.shape[-1]
+    layer_P = jnp.arange(p)
     ok = jnp.ones_like(hist.used_BxSxP)
-    if reuse == "forbid":
+    if routing.reuse == "forbid":
         ok = ok & ~hist.used_BxSxP
-    if order == "monotonic":
-        layer_P = jnp.arange(p)
+    if routing.order == "monotonic":
         last = hist.last_BxS[..., None]
-        ok = ok & ((layer_P > last) if reuse == "forbid" else (layer_P >= last))
+        ok = ok & ((layer_P > last) if routing.reuse == "forbid" else (layer_P >= last))
+    if routing.schedule == "sequential":
+        ok = ok & (layer_P == t % p)
+    if routing.early_exit:
+        ok = ok & ~hist.stopped_BxS[..., None]
     return ok
+
+
+def scheduled_layer(routing: RoutingConfig, t: int, pool_size: int) -> int | None:
+    """The one pool layer step t may use (`schedule: sequential`), else None (any of them). Only that
+    layer runs at the step, so a fixed schedule costs one block per step, not P."""
+    return t % pool_size if routing.schedule == "sequential" else None
+
+
+def routed_step(routing: RoutingConfig, t: int) -> bool:
+    """Whether the router decides step t (`route_every: k`: steps k-1, 2k-1, ...)."""
+    return t % routing.route_every == routing.route_every - 1
+
+
+class StepRule(NamedTuple):
+    policy: str  # token_choice | expert_choice | fixed
+    skip: str    # allow | forbid | learned
+
+
+def step_rule(routing: RoutingConfig, t: int, inference: bool) -> StepRule:
+    """The policy and skip rule that decide step t. Unrouted steps (`route_every`) are `fixed`: every
+    token runs the step's layer with gate 1. Expert choice with `skip: learned` decodes as token choice
+    with skip allowed: the skip logit, trained to predict who the top-C choice leaves out, decides
+    causally (Mixture-of-Depths' auxiliary-loss predictor), and the gate stays 1 - P(skip)."""
+    if not routed_step(routing, t):
+        return StepRule("fixed", "forbid")
+    if inference and routing.policy == "expert_choice" and routing.skip == "learned":
+        return StepRule("token_choice", "allow")
+    return StepRule(routing.policy, routing.skip)
 
 
 def constrain(logits_BxSxR: jax.Array, allowed_BxSxP: jax.Array, valid_BxS: jax.Array,

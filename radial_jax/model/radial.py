@@ -30,7 +30,15 @@ from radial_jax.model.outputs import ModelAux
 from radial_jax.model.policy import History
 from radial_jax.model.route_stats import RouteStats
 from radial_jax.model.router import Router
-from radial_jax.model.routing import Route, SequenceKV, StepState, decide, kv_slot, shared_kv
+from radial_jax.model.routing import (
+    Route,
+    SequenceKV,
+    StepState,
+    decide,
+    kv_slot,
+    served_layers,
+    shared_kv,
+)
 from radial_jax.parallel.constrain import with_logical_constraint as shard
 
 BSD, BPCD = ("batch", "length", "embed"), ("batch", "pool", "capacity", "embed")
@@ -68,26 +76,30 @@ class RadialLM(nnx.Module):
                              rngs=rngs)
 
     def capacity(self, seq_len: int) -> int:
-        return dsp.capacity(seq_len, self.pool_size, self.capacity_factor)
+        return dsp.capacity(seq_len, served_layers(self.routing, self.pool_size), self.capacity_factor)
 
     # ------------------------------------------------------------------ the pool, batched over P
 
-    def _pool_apply(self, method: str, *args, in_axes, **kwargs):
+    def _pool_apply(self, method: str, *args, in_axes, layer: int | None = None, **kwargs):
+        """`method` of every pool layer, batched over P; `layer`: of that one layer only (P = 1)."""
         graphdef, state = nnx.split(self.pool)
+        if layer is not None:
+            state = jax.tree.map(lambda w: w[layer:layer + 1], state)
 
         def one(state_p, *a):
             return getattr(nnx.merge(graphdef, state_p), method)(*a, **kwargs)
 
         return jax.vmap(jax.checkpoint(one) if self.remat else one, in_axes=(0, *in_axes))(state, *args)
 
-    def pool_qkv(self, x_PxBxCxD, pos_PxBxC):
-        return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0))
+    def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None):
+        return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0), layer=layer)
 
-    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, from_cache=False):
+    def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, from_cache=False,
+                    layer: int | None = None):
         """Keys/values shared by all P layers: [B, S, G, K], or the KV cache's layout with
         from_cache (see Attention.attend)."""
         return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS,
-                                in_axes=(0, 0, None, None, 0), from_cache=from_cache)
+                                in_axes=(0, 0, None, None, 0), from_cache=from_cache, layer=layer)
 
     # ------------------------------------------------------------------ one routing step
 
@@ -97,21 +109,23 @@ class RadialLM(nnx.Module):
         layer's tokens, run all P layers (attention reads the step's KV slot through `state.kv`),
         add the gated deltas back. `inference`: the learned skip predictor decides skips."""
         h_BxSxD = state.h_BxSxD
-        b, p = h_BxSxD.shape[0], self.pool_size
+        b = h_BxSxD.shape[0]
         route = decide(self.router, self.routing, h_BxSxD, t, state.hist, valid_BxS, capacity, inference)
         d = route.dispatch
-        c = d.idx_BxPxC.shape[2]
+        p, c = d.idx_BxPxC.shape[1:]  # the layers the step runs (all P, or its scheduled one)
         x_BxPxCxD = shard(dsp.gather_tokens(h_BxSxD, d), BPCD)  # pool layers on `pool` devices
         pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
         x_PxBxCxD = jnp.swapaxes(x_BxPxCxD, 0, 1)
-        q, k, v = (shard(a, PBCGK) for a in self.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1)))
+        q, k, v = (shard(a, PBCGK) for a in self.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1),
+                                                          layer=route.layer))
         # The step's KV slot: each processed position's keys/values from the layer that ran it.
         k_BxSxGxK, v_BxSxGxK, present_BxS, kv_carry = kv_slot(*shared_kv(k, v, d), state.kv_carry,
                                                              self.kv_skip)
         keys, values, mask_Bx1xQxM, kv = state.kv.attend(t, k_BxSxGxK, v_BxSxGxK, present_BxS, route,
                                                          pos_BxPxC)
         mask_PxBx1xCxM = jnp.moveaxis(mask_Bx1xQxM.reshape(b, 1, p, c, -1), 2, 0)
-        y_PxBxCxD = self.pool_finish(x_PxBxCxD, q, keys, values, mask_PxBx1xCxM, from_cache=kv.from_cache)
+        y_PxBxCxD = self.pool_finish(x_PxBxCxD, q, keys, values, mask_PxBx1xCxM, from_cache=kv.from_cache,
+                                     layer=route.layer)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * route.gate_BxPxC[..., None].astype(
             x_BxPxCxD.dtype)
         h_BxSxD = shard(dsp.combine(h_BxSxD, shard(delta_BxPxCxD, BPCD), d), BSD)

@@ -31,13 +31,14 @@ class RouteStats:
         processed = (kept_BxS * w).sum() / n
         dropped = ((d.dropped_BxS > 0) * w).sum()
         chose_layer = ((d.kept_BxSxK.sum(-1) + d.dropped_BxS) > 0) * w  # real tokens not skipping
-        load_P = d.ok_BxPxC.sum(axis=(0, 2)).astype(jnp.float32) / n
+        load_BxP = route.load_BxP().astype(jnp.float32)
+        load_P = load_BxP.sum(0) / n
         # Switch load balance, P * sum_p f_p * mean_prob_p, per sequence (the group capacity is
         # counted over) and averaged over sequences: a batch balanced overall can still overflow
         # every sequence's capacity. f_p is the share of layer choices made *before* capacity: counted
         # after it, an overloaded layer would look no busier than a full one.
         chosen_BxP = (jax.nn.one_hot(route.choice_BxSxK, p + 1)[..., :p] * w[..., None, None]).sum((1, 2)) \
-            if per_token_choice else d.ok_BxPxC.sum(2).astype(jnp.float32)
+            if per_token_choice else load_BxP
         f_BxP = chosen_BxP / jnp.maximum(chosen_BxP.sum(-1, keepdims=True), 1e-9)
         n_B = w.sum(1)
         mean_prob_BxP = (probs_BxSxR[..., :p] * w[..., None]).sum(1) / jnp.maximum(n_B, 1.0)[:, None]
@@ -84,9 +85,10 @@ class RouteStats:
             for p in range(self.p):
                 metrics[f"route/load/s{t}_l{p}"] = r["load_P"][p]
         losses = {}
-        if "skip_ce" in rows[0]:
-            metrics["route/skip_predict_accuracy"] = mean("skip_acc")
-            losses["skip_predict"] = mean("skip_ce")
+        predicted = [r for r in rows if "skip_ce" in r]  # routed steps with the learned predictor
+        if predicted:
+            metrics["route/skip_predict_accuracy"] = sum(r["skip_acc"] for r in predicted) / len(predicted)
+            losses["skip_predict"] = sum(r["skip_ce"] for r in predicted) / len(predicted)
         if routing.policy != "fixed":
             losses["load_balance"] = metrics["route/load_balance"]
             losses["z"] = metrics["route/z_loss"]

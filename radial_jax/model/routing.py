@@ -23,8 +23,12 @@ from radial_jax.model.policy import (
     History,
     allowed_layers,
     choice_logits,
+    constrain,
     gate_value,
     policy_choice,
+    routed_step,
+    scheduled_layer,
+    step_rule,
     top1_choice,
 )
 from radial_jax.model.router import Router
@@ -32,17 +36,28 @@ from radial_jax.model.router import Router
 
 @struct.dataclass
 class Route:
-    """Where a routing step sends each token, and the router outputs the aux losses need."""
+    """Where a routing step sends each token, and the router outputs the aux losses need.
+
+    With `layer` set (`schedule: sequential`) the dispatch serves that one pool layer (its P axis has
+    size 1) and only that layer runs; choices are pool layer ids either way."""
     dispatch: dsp.Dispatch
     gate_BxPxC: jax.Array     # float32 multiplier of each slot's residual delta (0 in empty slots)
-    choice_BxSxK: jax.Array   # int32 in [0, P], P = skip (expert choice: every layer, K = P)
+    choice_BxSxK: jax.Array   # int32 in [0, P], P = skip (expert choice: every layer it serves)
     logits_BxSxR: jax.Array   # float32 router logits
     probs_BxSxR: jax.Array    # float32 router distribution after the routing constraints
     p_skip_BxS: jax.Array | None  # the learned skip predictor's P(skip) (`skip: learned`), or None
+    layer: int | None = struct.field(pytree_node=False, default=None)  # the one layer served, or all
 
     @property
     def pool_size(self) -> int:
         return self.logits_BxSxR.shape[-1] - 1
+
+    def load_BxP(self) -> jax.Array:
+        """Filled slots per pool layer and sequence, int32 [B, P] (0 for layers the step does not serve)."""
+        load_BxP = dsp.load_BxP(self.dispatch)
+        if self.layer is None:
+            return load_BxP
+        return jnp.zeros((load_BxP.shape[0], self.pool_size), jnp.int32).at[:, self.layer].set(load_BxP[:, 0])
 
     @property
     def layer_BxS(self) -> jax.Array:
@@ -54,33 +69,50 @@ class Route:
         return hist.update(self.choice_BxSxK, self.dispatch.kept_BxSxK, self.pool_size)
 
 
+def served_layers(routing: RoutingConfig, pool_size: int) -> int:
+    """Pool layers a routing step runs: all P, or one under `schedule: sequential`. Capacity is
+    counted over them: C = ceil(capacity_factor * S / served)."""
+    return 1 if routing.schedule == "sequential" else pool_size
+
+
 def decide(router: Router, routing: RoutingConfig, h_BxSxD: jax.Array, t: int, hist: History,
            valid_BxS: jax.Array, capacity: int, inference: bool = False) -> Route:
     """Router logits -> Route for step t. `inference`: the learned skip predictor decides skips
-    (there is no capacity to do it)."""
+    (there is no capacity to do it). Unrouted steps (`route_every`) take every token."""
     r = routing
+    rule = step_rule(r, t, inference)
     logits_BxSxR = router(h_BxSxD, t)
     p = logits_BxSxR.shape[-1] - 1
-    allowed_BxSxP = allowed_layers(hist, reuse=r.reuse, order=r.order) & valid_BxS[..., None]
-    masked_BxSxR, p_skip_BxS = choice_logits(logits_BxSxR, allowed_BxSxP, valid_BxS, r.skip)
+    layer = scheduled_layer(r, t, p)
+    served = slice(None, p) if layer is None else slice(layer, layer + 1)  # the layers dispatched to
+    if not routed_step(r, t):
+        capacity = h_BxSxD.shape[1]
+    allowed_BxSxP = allowed_layers(hist, r, t) & valid_BxS[..., None]
+    masked_BxSxR, p_skip_BxS = choice_logits(logits_BxSxR, allowed_BxSxP, valid_BxS, rule.skip)
     probs_BxSxR = jax.nn.softmax(masked_BxSxR, axis=-1)
-    if r.policy == "expert_choice":  # each layer takes its top-C tokens by router probability
-        scores_BxSxP = jnp.where(allowed_BxSxP, probs_BxSxR[..., :p], -jnp.inf)
+    if rule.policy == "expert_choice":  # each layer takes its top-C tokens by router probability
+        if rule.skip == "learned":  # ranked and gated by 1 - P(skip), the probability the predictor fits
+            probs_BxSxR = jax.nn.softmax(constrain(logits_BxSxR, allowed_BxSxP, valid_BxS, "allow"), -1)
+        scores_BxSxP = jnp.where(allowed_BxSxP, probs_BxSxR[..., :p], -jnp.inf)[..., served]
         d = dsp.plan_expert_choice(scores_BxSxP, capacity, valid_BxS)
-        choice_BxSxK = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), scores_BxSxP.shape)
+        choice_BxSxK = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[served], scores_BxSxP.shape)
     else:
-        dec = policy_choice(masked_BxSxR, r.policy, t, valid_BxS, top_k=r.top_k,
+        dec = policy_choice(masked_BxSxR, rule.policy, t, valid_BxS, top_k=r.top_k,
                             select_bias_P=router.select_bias[t],
                             skip_prob_BxS=p_skip_BxS if inference else None)
-        d = dsp.plan_token_choice(dec.choice_BxSxK, dec.priority_BxSxK, p, capacity)
         choice_BxSxK = dec.choice_BxSxK
-    if r.policy == "fixed":
+        if layer is None:
+            d = dsp.plan_token_choice(choice_BxSxK, dec.priority_BxSxK, p, capacity)
+        else:  # queue 0 is the scheduled layer; anything else skips
+            d = dsp.plan_token_choice((choice_BxSxK != layer).astype(jnp.int32), dec.priority_BxSxK, 1,
+                                      capacity)
+    if rule.policy == "fixed":
         gate_BxPxC = d.ok_BxPxC.astype(jnp.float32)
     else:
-        probs_BxPxS = jnp.swapaxes(probs_BxSxR[..., :p], 1, 2)
+        probs_BxPxS = jnp.swapaxes(probs_BxSxR[..., served], 1, 2)
         prob_BxPxC = jnp.take_along_axis(probs_BxPxS, d.idx_BxPxC, axis=2)
         gate_BxPxC = gate_value(prob_BxPxC, r.gate) * d.ok_BxPxC
-    return Route(d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR, p_skip_BxS)
+    return Route(d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR, p_skip_BxS, layer)
 
 
 def decide_one(logits_1x1xR: jax.Array, routing: RoutingConfig, t: int, hist: History,
@@ -88,16 +120,17 @@ def decide_one(logits_1x1xR: jax.Array, routing: RoutingConfig, t: int, hist: Hi
     """(choices [K] in [0, P], P = skip; gates [K]) of one token at step t, as `decide` decides
     (batch-1 decoding: no dispatch, nothing dropped; the learned skip predictor decides skips)."""
     r = routing
-    allowed_1x1xP = allowed_layers(hist, reuse=r.reuse, order=r.order)
-    if r.policy == "token_choice" and r.top_k == 1:
-        choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0], select_bias_P, skip=r.skip)
+    rule = step_rule(r, t, inference=True)
+    allowed_1x1xP = allowed_layers(hist, r, t)
+    if rule.policy == "token_choice" and r.top_k == 1:
+        choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0], select_bias_P, skip=rule.skip)
         return choice[None], gate_value(prob, r.gate)[None]
     valid_1x1 = jnp.ones((1, 1), bool)
-    masked_1x1xR, p_skip_1x1 = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, r.skip)
-    dec = policy_choice(masked_1x1xR, r.policy, t, valid_1x1, top_k=r.top_k, select_bias_P=select_bias_P,
+    masked_1x1xR, p_skip_1x1 = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, rule.skip)
+    dec = policy_choice(masked_1x1xR, rule.policy, t, valid_1x1, top_k=r.top_k, select_bias_P=select_bias_P,
                         skip_prob_BxS=p_skip_1x1)
     gate_K = dec.gate_BxSxK[0, 0]
-    return dec.choice_BxSxK[0, 0], gate_K if r.policy == "fixed" else gate_value(gate_K, r.gate)
+    return dec.choice_BxSxK[0, 0], gate_K if rule.policy == "fixed" else gate_value(gate_K, r.gate)
 
 
 def shared_kv(k_PxBxCxGxK: jax.Array, v_PxBxCxGxK: jax.Array, d: dsp.Dispatch

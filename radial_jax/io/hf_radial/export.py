@@ -37,6 +37,8 @@ def check_exportable(cfg: Config) -> None:
     unsupported = misfits(m, FIXED)
     if r.policy == "expert_choice":
         unsupported.append("routing.policy='expert_choice' (not causal: it cannot decode token by token)")
+    unsupported += [f"routing.{k}={getattr(r, k)!r}" for k, ok in (
+        ("schedule", "free"), ("route_every", 1), ("early_exit", False)) if getattr(r, k) != ok]
     if unsupported:
         raise HFRadialError("the radial transformers export (Llama-style blocks, token_choice or fixed "
                             "routing) cannot hold a model with " + ", ".join(unsupported)
