@@ -13,7 +13,9 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test,tpu]" || exit 1
 # The import floors in pyproject.toml ([tool.importlinter]): a module never imports from a floor above it.
 .venv/bin/lint-imports || { echo "lint-imports: an import breaks the floors in pyproject.toml"; exit 1; }
-.venv/bin/python -m pytest -q --durations=15 "$@"
+# One pytest worker per core (pytest-xdist); a test file stays on one worker, so the trained runs its
+# tests share are made once. RADIAL_TEST_WORKERS=0 runs everything in this process.
+.venv/bin/python -m pytest -q --durations=15 -n "${RADIAL_TEST_WORKERS:-auto}" --dist loadfile "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests (exit 5): nothing selected"

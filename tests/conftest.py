@@ -20,6 +20,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # no exclusive lock, so test processes running side by side can all load it.
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# Tests are compile-bound (tiny shapes, a few steps each): XLA's CPU backend at optimisation level 0
+# skips most of LLVM's work, so programs compile in about half the time and run slower, which tiny
+# shapes do not notice. The numbers a program computes do not depend on it. Subprocesses inherit it;
+# RADIAL_TEST_XLA_OPT=1 keeps XLA's default (e.g. to time something under pytest).
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+if os.environ.get("RADIAL_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in _FLAGS:
+    os.environ["XLA_FLAGS"] = f"{_FLAGS} --xla_backend_optimization_level=0".strip()
 
 
 @pytest.fixture(scope="session")

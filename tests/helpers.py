@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax.numpy as jnp
@@ -12,6 +13,16 @@ from radial_jax.config import load_config
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
         "model.d_ff=64", "data.seq_len=32", "data.batch_size=4", "train.warmup_steps=2",
         "train.steps=10"]
+
+
+def device_env(devices: int, **extra: str) -> dict:
+    """The environment for a subprocess that sees `devices` virtual CPU devices (XLA reads the flag
+    only when JAX starts), keeping the suite's other XLA flags and dropping any launcher variables."""
+    flags = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(), **extra}
+    for key in ("RADIAL_COORDINATOR", "RADIAL_NUM_PROCESSES", "RADIAL_PROCESS_ID"):
+        env.pop(key, None)
+    return env
 
 
 def tiny_config(*overrides: str):

@@ -21,13 +21,18 @@ SHRUNK = ("train.steps=4", "train.eval_every=4", "train.eval_batches=1", "train.
           "model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "router.hidden=8")
 
 
-def _quickstart(run_dir: Path, corpus_cache: str, *overrides: str) -> str:
-    """Run the script with this interpreter's environment as its venv (INSTALL=0: nothing installed)."""
+def _quickstart(run_dir: Path, corpus_cache: str, *overrides: str, optimised: bool = False) -> str:
+    """Run the script with this interpreter's environment as its venv (INSTALL=0: nothing installed).
+    `optimised`: XLA's default optimisation (conftest lowers it for compile-bound tests), for runs
+    long enough that step time outweighs compile time."""
     venv = Path(sys.prefix)
     if not (venv / "bin" / "radial").exists():
         pytest.skip(f"no `radial` command in {venv}/bin: install radial_jax there (pip install -e .)")
     env = {**os.environ, "VENV": str(venv), "INSTALL": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if optimised:
+        env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                    if not f.startswith("--xla_backend_optimization_level"))
     proc = subprocess.run(["bash", "launch/quickstart.sh", f"run.dir={run_dir}",
                            f"data.cache_dir={corpus_cache}", *overrides],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -73,7 +78,7 @@ def test_quickstart_model_learns_on_a_short_schedule(tmp_path, corpus_cache):
     3.25 nats/byte on this corpus; this run reaches 2.23 (600 steps: 1.41)."""
     run_dir = tmp_path / "radial_tiny"
     _quickstart(run_dir, corpus_cache, "train.steps=100", "train.eval_every=100",
-                "train.checkpoint_every=100", "train.eval_batches=4")
+                "train.checkpoint_every=100", "train.eval_batches=4", optimised=True)
     last = _last_eval(run_dir)
     assert last["step"] == 100
     assert last["eval/loss"] < 2.45, last

@@ -25,7 +25,7 @@ from radial_jax.parallel.mesh import MeshError, mesh_shape
 from radial_jax.parallel.rules import PRESETS, Rules, make_rules
 from radial_jax.train.loop import train
 from radial_jax.train.metrics import read_metrics
-from tests.helpers import TINY
+from tests.helpers import TINY, device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
@@ -34,11 +34,7 @@ MESHES = [["mesh.data=8"], ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"], ["me
 
 
 def _env(devices: int) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    for key in ("RADIAL_COORDINATOR", "RADIAL_NUM_PROCESSES", "RADIAL_PROCESS_ID"):
-        env.pop(key, None)
-    return env
+    return device_env(devices, PYTHONPATH=str(ROOT))
 
 
 def _start_worker(scenario: str, args: dict, devices: int = 8) -> subprocess.Popen:
