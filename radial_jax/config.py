@@ -85,6 +85,9 @@ class ModelConfig:
     remat: Literal["none", "block"] = _f(
         "none", "block: recompute each block's activations in the backward pass (prefix blocks and pool "
                 "layers) instead of keeping them: less memory for about one more forward pass")
+    pool_gather: Literal["once", "per_step"] = _f(
+        "once", "radial: FSDP gathers the pool's weights once per train step (kept for the whole step) "
+                "or at every routing step (less memory, T times the collectives)")
 
 
 @dataclass(frozen=True)

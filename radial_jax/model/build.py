@@ -36,7 +36,7 @@ def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
         return DenseLM(n_layers=m.n_layers, **common)
     return RadialLM(pool_size=m.pool_size, steps=m.steps, prefix_layers=m.prefix_layers,
                     capacity_factor=m.capacity_factor, kv_skip=m.kv_skip, router=cfg.router,
-                    routing=cfg.routing, **common)
+                    routing=cfg.routing, pool_gather=m.pool_gather, **common)
 
 
 def abstract_model(cfg: Config) -> tuple[nnx.GraphDef, Any]:

@@ -12,6 +12,8 @@ processed at step t, each from its own pool layer's projections; other positions
 
 `route_step` is that step, for the training forward pass and batched decoding alike; they differ
 only in where attention reads the step's keys/values (routing.SequenceKV or decode.CacheKV).
+The forward pass hands every step the same `gathered_pool`, so FSDP gathers the pool's weights
+once per train step rather than at each of the T steps (see docs/compile.md).
 The forward pass returns, beside the logits, a ModelAux: routing metrics and unweighted auxiliary
 losses, which the train step weighs.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from radial_jax.config import RouterConfig, RoutingConfig
 from radial_jax.model import dispatch as dsp
@@ -39,6 +42,7 @@ from radial_jax.model.routing import (
     served_layers,
     shared_kv,
 )
+from radial_jax.parallel.constrain import gather_once
 from radial_jax.parallel.constrain import with_logical_constraint as shard
 
 BSD, BPCD = ("batch", "length", "embed"), ("batch", "pool", "capacity", "embed")
@@ -49,10 +53,12 @@ class RadialLM(nnx.Module):
     def __init__(self, *, vocab_size: int, pool_size: int, steps: int, prefix_layers: int,
                  capacity_factor: float, kv_skip: str, router: RouterConfig, routing: RoutingConfig,
                  tie_embeddings: bool, init_std: float, norm_eps: float, dtype, block_kwargs: dict,
-                 rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: bool = False):
-        """`remat`: recompute the prefix blocks' and pool layers' activations in the backward pass."""
+                 rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: bool = False,
+                 pool_gather: str = "once"):
+        """`remat`: recompute the prefix blocks' and pool layers' activations in the backward pass.
+        `pool_gather`: `once` per forward pass (see `gathered_pool`) or `per_step` (at each use)."""
         d_model = block_kwargs["d_model"]
-        self.remat = remat
+        self.remat, self.pool_gather, self.dtype = remat, pool_gather, dtype
         n_res = prefix_layers + pool_size
         self.pool_size, self.steps, self.prefix_layers = pool_size, steps, prefix_layers
         self.capacity_factor, self.kv_skip = capacity_factor, kv_skip
@@ -80,9 +86,32 @@ class RadialLM(nnx.Module):
 
     # ------------------------------------------------------------------ the pool, batched over P
 
-    def _pool_apply(self, method: str, *args, in_axes, layer: int | None = None, **kwargs):
-        """`method` of every pool layer, batched over P; `layer`: of that one layer only (P = 1)."""
+    def gathered_pool(self) -> nnx.State | None:
+        """The pool's parameters for a whole forward pass, or None (`pool_gather: per_step`): weight
+        matrices cast to the compute dtype (as the layers cast them; norm vectors stay float32) and
+        constrained whole along `embed`. Under FSDP the partitioner then gathers each weight once,
+        not at every routing step that uses it, and reduce-scatters its gradient once, summed over
+        the T steps (constrain.gather_once). The price: the pool's weights and that gradient sum
+        (sharded only by their other axes, e.g. `pool`) stay on each device for the whole step."""
+        if self.pool_gather != "once":
+            return None
+        _, state = nnx.split(self.pool)
+
+        def gather(spec: PartitionSpec, w_PxE: jax.Array) -> jax.Array:
+            w_PxE = w_PxE.astype(self.dtype) if w_PxE.ndim >= 3 else w_PxE
+            if len(spec) != w_PxE.ndim:  # no logical names: leave it to the partitioner
+                return w_PxE
+            return gather_once(w_PxE, tuple(None if n == "embed" else n for n in spec), tuple(spec))
+
+        return jax.tree.map(gather, nnx.get_partition_spec(state), state,
+                            is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    def _pool_apply(self, method: str, *args, in_axes, layer: int | None = None,
+                    pool: nnx.State | None = None, **kwargs):
+        """`method` of every pool layer, batched over P; `layer`: of that one layer only (P = 1).
+        `pool`: the pool's parameters as `gathered_pool` gives them (None: self.pool's)."""
         graphdef, state = nnx.split(self.pool)
+        state = state if pool is None else pool
         if layer is not None:
             state = jax.tree.map(lambda w: w[layer:layer + 1], state)
 
@@ -91,23 +120,25 @@ class RadialLM(nnx.Module):
 
         return jax.vmap(jax.checkpoint(one) if self.remat else one, in_axes=(0, *in_axes))(state, *args)
 
-    def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None):
-        return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0), layer=layer)
+    def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None, pool: nnx.State | None = None):
+        return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0), layer=layer, pool=pool)
 
     def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, from_cache=False,
-                    layer: int | None = None):
+                    layer: int | None = None, pool: nnx.State | None = None):
         """Keys/values shared by all P layers: [B, S, G, K], or the KV cache's layout with
         from_cache (see Attention.attend)."""
         return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS,
-                                in_axes=(0, 0, None, None, 0), from_cache=from_cache, layer=layer)
+                                in_axes=(0, 0, None, None, 0), from_cache=from_cache, layer=layer,
+                                pool=pool)
 
     # ------------------------------------------------------------------ one routing step
 
     def route_step(self, state: StepState, t: int, *, pos_BxS, valid_BxS, capacity: int,
-                   inference: bool = False) -> tuple[StepState, Route]:
+                   inference: bool = False, pool: nnx.State | None = None) -> tuple[StepState, Route]:
         """Routing step t over S tokens, for training and decoding alike: decide, gather each pool
         layer's tokens, run all P layers (attention reads the step's KV slot through `state.kv`),
-        add the gated deltas back. `inference`: the learned skip predictor decides skips."""
+        add the gated deltas back. `inference`: the learned skip predictor decides skips.
+        `pool`: the pool's parameters as `gathered_pool` gives them (None: self.pool's)."""
         h_BxSxD = state.h_BxSxD
         b = h_BxSxD.shape[0]
         route = decide(self.router, self.routing, h_BxSxD, t, state.hist, valid_BxS, capacity, inference)
@@ -116,8 +147,8 @@ class RadialLM(nnx.Module):
         x_BxPxCxD = shard(dsp.gather_tokens(h_BxSxD, d), BPCD)  # pool layers on `pool` devices
         pos_BxPxC = jnp.take_along_axis(pos_BxS[:, None, :], d.idx_BxPxC, axis=2)
         x_PxBxCxD = jnp.swapaxes(x_BxPxCxD, 0, 1)
-        q, k, v = (shard(a, PBCGK) for a in self.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1),
-                                                          layer=route.layer))
+        qkv = self.pool_qkv(x_PxBxCxD, jnp.swapaxes(pos_BxPxC, 0, 1), layer=route.layer, pool=pool)
+        q, k, v = (shard(a, PBCGK) for a in qkv)
         # The step's KV slot: each processed position's keys/values from the layer that ran it.
         k_BxSxGxK, v_BxSxGxK, present_BxS, kv_carry = kv_slot(*shared_kv(k, v, d), state.kv_carry,
                                                              self.kv_skip)
@@ -125,7 +156,7 @@ class RadialLM(nnx.Module):
                                                          pos_BxPxC)
         mask_PxBx1xCxM = jnp.moveaxis(mask_Bx1xQxM.reshape(b, 1, p, c, -1), 2, 0)
         y_PxBxCxD = self.pool_finish(x_PxBxCxD, q, keys, values, mask_PxBx1xCxM, from_cache=kv.from_cache,
-                                     layer=route.layer)
+                                     layer=route.layer, pool=pool)
         delta_BxPxCxD = (jnp.swapaxes(y_PxBxCxD, 0, 1) - x_BxPxCxD) * route.gate_BxPxC[..., None].astype(
             x_BxPxCxD.dtype)
         h_BxSxD = shard(dsp.combine(h_BxSxD, shard(delta_BxPxCxD, BPCD), d), BSD)
@@ -151,9 +182,10 @@ class RadialLM(nnx.Module):
         state = StepState(h_BxSxD, History.empty(b, s, self.pool_size), None, SequenceKV(seg_BxS, idx_BxS))
         stats = RouteStats(self.pool_size)
         trace = []
+        pool = self.gathered_pool()
         for t in range(self.steps):
             state, route = self.route_step(state, t, pos_BxS=pos_BxS, valid_BxS=valid_BxS, capacity=cap,
-                                           inference=inference)
+                                           inference=inference, pool=pool)
             stats.add(route, valid_BxS, per_token_choice=self.routing.policy != "expert_choice",
                       skip_target=not inference)
             if return_trace:

@@ -2,13 +2,15 @@
 
 `with_logical_constraint(x, ("batch", "length", "embed"))` is a no-op unless a trainer has made a
 mesh and rules active (`active(mesh, rules)`) while the function is traced; then it becomes
-`jax.lax.with_sharding_constraint` with the spec those rules give.
+`jax.lax.with_sharding_constraint` with the spec those rules give. `gather_once` gathers a
+parameter for many uses and reduce-scatters its summed gradient.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -40,3 +42,24 @@ def with_logical_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.
         raise ValueError(f"logical names {names} do not match an array of shape {x.shape}")
     spec = rules.spec(names, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def gather_once(w: jax.Array, names: tuple[str | None, ...], grad_names: tuple[str | None, ...]
+                ) -> jax.Array:
+    """w laid out by `names` (a parameter with its FSDP axis whole, for several uses in a step); its
+    gradient, summed over those uses, goes back laid out by `grad_names` (the parameter's own): a
+    reduce-scatter. A plain constraint would ask for the summed gradient whole on every device
+    (an all-reduce). A no-op with no active mesh."""
+    return with_logical_constraint(w, names)
+
+
+def _gather_fwd(w, names, grad_names):
+    return with_logical_constraint(w, names), None
+
+
+def _gather_bwd(names, grad_names, _, g):
+    return (with_logical_constraint(g, grad_names),)
+
+
+gather_once.defvjp(_gather_fwd, _gather_bwd)
