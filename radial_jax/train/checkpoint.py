@@ -5,18 +5,25 @@ copy happens before `save` returns, so the next step may donate the buffers). Re
 abstract train state whose shardings say where each array goes, so a run can resume on another mesh;
 `restore_params` reads the parameters alone (how radial_jax.io loads a run's model).
 
-Damage (truncated or missing files, a missing item, NaN/inf values) is found by restoring: every
-failure becomes a `CheckpointError` naming the step. A save interrupted by a killed process leaves
-a temporary folder that orbax never lists as a checkpoint and deletes when training opens the
-checkpoints again (`cleanup_tmp_directories`). A state holding NaN/inf is never saved.
+Every step carries a sha256 manifest of all its files (train/manifest.py), written by process 0
+after every process has written its files and before orbax renames the step into place; restoring
+checks it first. Damage (flipped bytes, truncated or missing files, a missing item, NaN/inf values)
+becomes a `CheckpointError` naming the step. A save interrupted by a killed process leaves a
+temporary folder that orbax never lists as a checkpoint and deletes when training opens the
+checkpoints again (`cleanup_tmp_directories`). A state holding NaN/inf is never saved. A save that
+cannot write (disk full, read-only, no permission) becomes a `CheckpointWriteError` naming the folder
+and the bytes needed; the previous checkpoints are untouched (orbax deletes old steps only after a
+new one is complete).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,11 +31,13 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from radial_jax.errors import UserError
-from radial_jax.train.metrics import say
+from radial_jax.train.manifest import has_manifest, verify_manifest, write_manifest
+from radial_jax.train.metrics import human_bytes, say
 from radial_jax.train.nonfinite import NonFiniteError, all_finite
 from radial_jax.train.step import TrainState
 
@@ -37,6 +46,30 @@ ITEMS = ("state", "data", "config")
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used; the message names its step and folder and what to do."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (disk full, read-only, no permission); the message names the
+    folder, the bytes one checkpoint needs and the newest checkpoint that is still intact."""
+
+
+# errno values (and their texts, as tensorstore reports them) meaning "this folder cannot take it".
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+_WRITE_TEXTS = tuple(os.strerror(n) for n in _WRITE_ERRNOS)
+
+
+def write_failure(e: BaseException) -> str | None:
+    """Why `e` (or an error it was raised from) says the disk refused a write, or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            return e.strerror + (f": {e.filename}" if e.filename else "")
+        text = next((t for t in _WRITE_TEXTS if t in str(e)), None)
+        if text:
+            return text
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _reason(e: BaseException) -> str:
@@ -96,10 +129,16 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         # read_only: never creates the folder (orbax's own read_only mode warns on every open).
         self.read_only = read_only
+        self.async_save = async_save
+        self._pending: int | None = None  # the step being saved in the background
+        self._bytes = 0  # what the last state saved holds
         # A writer deletes the folders of saves that never completed (the process died in them).
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                               cleanup_tmp_directories=not read_only,
-                                               enable_async_checkpointing=async_save)
+        # The manifest is written on process 0 once every process's files are in, before the rename.
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=async_save,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._seal_pending)
+            if async_save else None)
         self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -122,7 +161,50 @@ class Checkpointer:
         args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        self._mgr.save(step, args=ocp.args.Composite(**args), force=True)
+        self.wait()  # a failure of the previous save is reported as that step's
+        self._bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+        self._pending = step
+        with self._writing(step):
+            self._mgr.save(step, args=ocp.args.Composite(**args), force=True)
+            if not self.async_save:
+                self._seal(self.directory / str(step))
+                self._pending = None
+
+    def _seal_pending(self) -> None:
+        """orbax's post-finalization hook (process 0, all files written, not yet renamed)."""
+        step = self._pending
+        tmp = [p for p in self.directory.glob(f"{step}.orbax-checkpoint-tmp*") if p.is_dir()]
+        self._seal(tmp[0] if len(tmp) == 1 else self.directory / str(step))
+
+    def _seal(self, step_dir: Path) -> None:
+        if jax.process_index() == 0:
+            write_manifest(step_dir)
+
+    @contextlib.contextmanager
+    def _writing(self, step: int):
+        """Turn a refused write into a CheckpointWriteError naming the folder and the room needed."""
+        try:
+            yield
+        except Exception as e:  # orbax and tensorstore wrap OS errors in many types
+            why = write_failure(e)
+            if why is None:
+                raise
+            self._pending = None
+            if jax.process_index() == 0:  # free what the failed save wrote
+                for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                free = f"{human_bytes(shutil.disk_usage(self.directory).free)} free there"
+            except OSError:
+                free = "its free space is unknown"
+            intact = [s for s in self.all_steps() if s != step]
+            prev = (f"The newest complete checkpoint, {self.directory / str(max(intact))}, is intact"
+                    if intact else "No earlier checkpoint exists")
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} to {self.directory}: {why}. One "
+                f"checkpoint needs about {human_bytes(self._bytes)} ({free}). {prev}; free some space "
+                "(or fix the folder's permissions) and run the same command again to resume."
+            ) from None
 
     def damaged(self, step: int, why: str) -> str:
         return f"checkpoint {self.directory / str(step)} (step {step}) is damaged: {why}"
@@ -159,6 +241,9 @@ class Checkpointer:
         missing = self.missing_items(step)
         if missing:
             raise CheckpointError(self.damaged(step, f"missing {', '.join(missing)}"))
+        why = self.verify(step)
+        if why:
+            raise CheckpointError(self.damaged(step, why))
         try:
             with _quiet_failed_reads():
                 state = self._mgr.restore(step, args=ocp.args.Composite(**args))["state"]
@@ -167,6 +252,20 @@ class Checkpointer:
         if not all_finite(state):
             raise CheckpointError(self.damaged(step, "it holds NaN or inf values"))
         return state
+
+    def verify(self, step: int) -> str | None:
+        """What differs from the step's sha256 manifest, or None; process 0 reads the files and
+        tells the others (on a shared filesystem they would all read the same bytes)."""
+        why = verify_manifest(self.directory / str(step)) if jax.process_index() == 0 else None
+        if jax.process_count() > 1:
+            bad = multihost_utils.broadcast_one_to_all(np.int32(why is not None))
+            if bad and why is None:
+                why = "its files differ from its sha256 manifest (process 0 names them)"
+        return why
+
+    def sealed(self, step: int) -> bool:
+        """Whether `step` has a checksum manifest (steps saved before manifests have none)."""
+        return has_manifest(self.directory / str(step))
 
     def restore_config(self, step: int) -> dict:
         try:
@@ -221,8 +320,13 @@ class Checkpointer:
         return dest
 
     def wait(self) -> None:
-        self._mgr.wait_until_finished()
+        """Block until the background save is complete; CheckpointWriteError if it could not write."""
+        step = self._pending
+        with self._writing(step) if step is not None else contextlib.nullcontext():
+            self._mgr.wait_until_finished()
+        self._pending = None
 
     def close(self) -> None:
+        self.wait()
         self._mgr.close()
 

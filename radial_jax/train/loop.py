@@ -3,6 +3,7 @@ evaluate, log and checkpoint. The math lives in step.py; this file only orchestr
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
@@ -10,8 +11,10 @@ import jax
 from radial_jax.config import Config
 from radial_jax.data.pipeline import describe, make_eval_batches, make_iterator
 from radial_jax.data.tokenizer import tokenizer_for
+from radial_jax.errors import UserError
 from radial_jax.model.build import abstract_model, build_model
 from radial_jax.model.flops import describe_flops
+from radial_jax.parallel.distributed import PeerWatch, abandon, heartbeat_timeout, wait_for_lost
 from radial_jax.parallel.plan import ShardingPlan
 from radial_jax.train.checkpoint import Checkpointer
 from radial_jax.train.guard import check_resume, describe_changes, record_changes
@@ -25,6 +28,21 @@ from radial_jax.train.preflight import check_free_space, prepare_run_dir
 from radial_jax.train.signals import Interrupted, StopRequest
 from radial_jax.train.step import make_eval_step, make_train_step, summarize_eval
 from radial_jax.train.summary import run_summary
+
+
+@contextlib.contextmanager
+def _on_collective_failure(message):
+    """In a multi-process run, an error from a step whose peer is gone (a collective that failed)
+    ends the process with `message(lost)` once the coordination service names the lost process."""
+    try:
+        yield
+    except Exception as e:
+        if jax.process_count() == 1 or isinstance(e, UserError):
+            raise
+        lost = wait_for_lost(heartbeat_timeout() + 10)
+        if not lost:
+            raise
+        abandon(message(lost))
 
 
 def evaluate(eval_step, params, batches: list[dict]) -> dict[str, float]:
@@ -102,7 +120,18 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     last: dict[str, float] = {}
     nonfinite = new_tally()  # skipped steps, counted on the device; read where we log
     interval_start, interval_steps, t_begin = time.perf_counter(), 0, time.perf_counter()
-    with StopRequest() as stop:
+    resume = resume_command or f"radial train ... run.dir={run_dir}  (the same config)"
+    step = start
+
+    def lost_message(lost: list[int]) -> str:
+        latest = ckpt.latest_step()
+        kept = (f"The newest complete checkpoint is {ckpt.directory / str(latest)} (step {latest}); "
+                "the steps after it are trained again" if latest else "No checkpoint was saved yet")
+        return (f"lost process {', '.join(map(str, lost))} of {jax.process_count()} at step "
+                f"{step}/{t.steps}: it stopped answering the coordination service (killed, crashed or "
+                f"its host failed). {kept}. To resume, start every process again with:\n  {resume}")
+
+    with StopRequest() as stop, PeerWatch(lost_message), _on_collective_failure(lost_message):
         for step in range(start + 1, t.steps + 1):
             batch = plan.global_batch(next(data_iter), batch_shape)
             state, metrics = train_step(state, batch)
@@ -110,7 +139,8 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
             interval_steps += 1
             is_last = step == t.steps
             pause = stop_after is not None and step - start >= stop_after
-            save = step % t.checkpoint_every == 0 or is_last or stop.signum or pause
+            stopping = stop.should_stop(step)  # the same step on every process
+            save = step % t.checkpoint_every == 0 or is_last or stopping or pause
             if step % t.log_every == 0 or save:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 counts, nonfinite = take(nonfinite)
@@ -138,7 +168,7 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
                         ckpt.wait()
                         writer.close()
                         raise
-            if (step % t.eval_every == 0 and not stop.signum) or is_last:
+            if (step % t.eval_every == 0 and not stopping) or is_last:
                 values = evaluate(eval_step, state.params, eval_batches)
                 writer.scalars(step, values)
                 last.update(values)
@@ -147,18 +177,18 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
                 if cfg.model.kind == "radial":  # every process computes (params are sharded)
                     write_heatmap(run_dir, writer, step, graphdef, state.params, eval_host[0],
                                   tokenizer)
-            if save or stop.signum:  # (a signal may have come during the eval)
+            if save:
                 ckpt.save(step, state, data_iter, cfg.to_dict())
             if pause:
                 say(f"stopping after {stop_after} steps as asked (checkpoint at step {step})")
                 break
-            if stop.signum:
+            if stopping:
                 ckpt.wait()
                 ckpt.close()
                 writer.close()
-                say(f"interrupted by {stop.name} at step {step}/{t.steps}: saved checkpoint "
+                say(f"interrupted by {stop.reason()} at step {step}/{t.steps}: saved checkpoint "
                     f"{ckpt.directory / str(step)}. To resume where it stopped, run again:\n  "
-                    + (resume_command or f"radial train ... run.dir={run_dir}  (the same config)"))
+                    + resume)
                 raise Interrupted(stop.signum, step)
     ckpt.wait()
     ckpt.close()
