@@ -9,6 +9,7 @@ bounded in time, and the module shares one uninterrupted two-process run.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ from radial_jax.train import checkpoint as checkpoint_mod
 from radial_jax.train import loop
 from radial_jax.train import metrics as metrics_mod
 from radial_jax.train.checkpoint import Checkpointer
-from radial_jax.train.manifest import NAME, step_files, verify_manifest
+from radial_jax.train.manifest import NAME, step_files, verify_manifest, write_manifest
 from radial_jax.train.metrics import MetricsWriteError, MetricWriter, drop_rows_after, read_metrics
 from tests.helpers import TINY
 
@@ -164,6 +165,29 @@ def test_metrics_never_keep_a_torn_line(tmp_path, monkeypatch):
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
+# --------------------------------------------------------------------------- another process count
+
+
+def test_resume_with_another_process_count_is_refused_saying_what_to_do(tmp_path, reference, capsys):
+    """The data positions of 2 processes cannot be divided for 1: refused, not taken for damage."""
+    run = copy_run(reference, tmp_path / "run")
+    for step in (4, 8):
+        d = run / "checkpoints" / str(step)
+        one = d / "data" / "process_0-of-1.json"
+        for i in range(2):
+            (d / "data" / f"process_{i}-of-2.json").write_bytes(one.read_bytes())
+        one.unlink()
+        write_manifest(d)
+    rc, _, err = cli(capsys, "train", run / "config.yaml")
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: the checkpoint at step 8 in {run / 'checkpoints'} was saved by 2 "
+                          "processes and this run has 1: ")
+    assert "Resume with 2 processes" in err and "damaged" not in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]  # nothing moved
+    rc, out, _ = cli(capsys, "eval", "--checkpoint", run, "--batches", "1")
+    assert rc == 0 and json.loads(out)["step"] == 8
+
+
 # --------------------------------------------------------------------------- two processes
 
 
@@ -264,7 +288,10 @@ def test_a_killed_process_stops_the_other_naming_it_and_the_run_resumes(tmp_path
                                                                          corpus_cache):
     run = tmp_path / "run"
     pair = Pair(tmp_path, "kill", run, corpus_cache)
-    pair.wait_for(r"^step +8/", timeout=240)
+    pair.wait_for(r"^step +7/", timeout=240)
+    deadline = time.monotonic() + 60
+    while not (run / "checkpoints" / "6").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the save of step 6 completes in the background
     killed_at = time.monotonic()
     pair.procs[1].send_signal(signal.SIGKILL)
     rc0 = pair.procs[0].wait(timeout=150)

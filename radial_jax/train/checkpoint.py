@@ -53,6 +53,10 @@ class CheckpointWriteError(UserError, OSError):
     folder, the bytes one checkpoint needs and the newest checkpoint that is still intact."""
 
 
+class ProcessCountError(UserError, RuntimeError):
+    """A checkpoint's data-iterator positions were saved by another number of processes."""
+
+
 # errno values (and their texts, as tensorstore reports them) meaning "this folder cannot take it".
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 _WRITE_TEXTS = tuple(os.strerror(n) for n in _WRITE_ERRNOS)
@@ -147,6 +151,11 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._mgr.all_steps())
 
+    def complete_steps(self) -> list[int]:
+        """Steps whose save has finished (renamed into place); `all_steps` also lists the step being
+        saved in the background."""
+        return [s for s in self.all_steps() if (self.directory / str(s)).is_dir()]
+
     def save(self, step: int, state: TrainState, data_iter: Any, config: dict) -> None:
         """Start saving `step` (asynchronously); NonFiniteError, writing nothing, if `state` holds
         NaN/inf."""
@@ -218,13 +227,30 @@ class Checkpointer:
         """Restore into `abstract_state`'s shapes/shardings; moves `data_iter` to the saved position.
 
         CheckpointError (naming the step) if an item is missing, a file cannot be read, or a value
-        is NaN/inf."""
+        is NaN/inf; ProcessCountError if another number of processes saved the data positions."""
         args = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iter is not None:
+            self._check_process_count(step)
             target = _DataRestoreTarget(data_iter) if isinstance(data_iter, grain.DatasetIterator) \
                 else data_iter
             args["data"] = grain.checkpoint.CheckpointRestore(target)
         return self._restore_state(step, args)
+
+    def _check_process_count(self, step: int) -> None:
+        """Each process saves its own position in the data stream (grain's `process_I-of-N.json`);
+        N other than this run's process count cannot be split or merged exactly, so refuse."""
+        names = [p.name for p in (self.directory / str(step) / "data").glob("process_*-of-*.json")]
+        counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in names}
+        n = jax.process_count()
+        if counts and n not in counts:
+            m = max(counts)
+            raise ProcessCountError(
+                f"the checkpoint at step {step} in {self.directory} was saved by {m} process"
+                f"{'es' if m > 1 else ''} and this run has {n}: each process saved its own position "
+                f"in the data stream, which cannot be divided among {n} exactly. Resume with {m} "
+                f"process{'es' if m > 1 else ''} (the devices per process and the mesh may change), "
+                "or set run.dir to a new folder to start over; `radial eval`, `export` and `generate` "
+                "read its parameters with any number of processes and devices.")
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step`, into `abstract_params`' shapes/shardings: an orbax partial

@@ -11,7 +11,6 @@ import jax
 from radial_jax.config import Config
 from radial_jax.data.pipeline import describe, make_eval_batches, make_iterator
 from radial_jax.data.tokenizer import tokenizer_for
-from radial_jax.errors import UserError
 from radial_jax.model.build import abstract_model, build_model
 from radial_jax.model.flops import describe_flops
 from radial_jax.parallel.distributed import PeerWatch, abandon, heartbeat_timeout, wait_for_lost
@@ -29,15 +28,19 @@ from radial_jax.train.signals import Interrupted, StopRequest
 from radial_jax.train.step import make_eval_step, make_train_step, summarize_eval
 from radial_jax.train.summary import run_summary
 
+# Words of the runtime's errors when a peer cannot be reached (gloo on CPU, NCCL, the coordinator).
+_COMMUNICATION = ("Gloo", "NCCL", "onnection", "peer", "UNAVAILABLE", "DEADLINE_EXCEEDED")
+
 
 @contextlib.contextmanager
 def _on_collective_failure(message):
     """In a multi-process run, an error from a step whose peer is gone (a collective that failed)
-    ends the process with `message(lost)` once the coordination service names the lost process."""
+    ends the process with `message(lost)` once the coordination service names the lost process;
+    other errors are raised as they are."""
     try:
         yield
-    except Exception as e:
-        if jax.process_count() == 1 or isinstance(e, UserError):
+    except Exception as e:  # the runtime raises JaxRuntimeError or ValueError, by backend
+        if jax.process_count() == 1 or not any(w in str(e) for w in _COMMUNICATION):
             raise
         lost = wait_for_lost(heartbeat_timeout() + 10)
         if not lost:
@@ -124,7 +127,7 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     step = start
 
     def lost_message(lost: list[int]) -> str:
-        latest = ckpt.latest_step()
+        latest = max(ckpt.complete_steps(), default=None)
         kept = (f"The newest complete checkpoint is {ckpt.directory / str(latest)} (step {latest}); "
                 "the steps after it are trained again" if latest else "No checkpoint was saved yet")
         return (f"lost process {', '.join(map(str, lost))} of {jax.process_count()} at step "
