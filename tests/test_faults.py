@@ -30,7 +30,7 @@ from radial_jax.train import metrics as metrics_mod
 from radial_jax.train.checkpoint import Checkpointer
 from radial_jax.train.manifest import NAME, step_files, verify_manifest, write_manifest
 from radial_jax.train.metrics import MetricsWriteError, MetricWriter, drop_rows_after, read_metrics
-from tests.helpers import TINY
+from tests.helpers import TINY, device_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -198,11 +198,7 @@ def _free_port() -> int:
 
 
 def _env() -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "RADIAL_HEARTBEAT_TIMEOUT": "10"}
-    for key in ("RADIAL_COORDINATOR", "RADIAL_NUM_PROCESSES", "RADIAL_PROCESS_ID"):
-        env.pop(key, None)
-    return env
+    return device_env(1, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", RADIAL_HEARTBEAT_TIMEOUT="10")
 
 
 TWO = ["data.batch_size=4", "train.steps=12", "train.checkpoint_every=6"]
