@@ -11,6 +11,8 @@ from pathlib import Path
 import jax
 
 from radial_jax.analysis.profile import parse_thresholds, run_profile
+from radial_jax.analysis.ratios import RATIOS
+from radial_jax.analysis.trend import run_trend
 from radial_jax.aot import command as aot_command
 from radial_jax.bench import decode as bench_decode
 from radial_jax.bench import decode_variants as bench_variants
@@ -53,12 +55,24 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_profile(args) -> int:
+    if bool(args.checkpoint) == bool(args.trend):
+        raise ConfigError("radial profile: give --checkpoint DIR (one model) or --trend DIR1 DIR2 ... "
+                          "(median ratio against model size), not both or neither")
+    if args.trend:  # `--trend a b key=value`: nargs="+" takes the overrides too
+        moved = [x for x in args.trend if "=" in x and not Path(x).exists()]
+        trend_dirs = [x for x in args.trend if x not in moved]
+        report, paths = run_trend(trend_dirs, [*args.overrides, *moved], out_dir=args.out or "trend",
+                                  n_batches=args.batches, ratio=args.ratio)
+        print(report["_table"])
+        print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     try:
         thresholds = parse_thresholds(args.oracle)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     report, paths = run_profile(args.checkpoint, args.overrides, out_dir=args.out,
-                                n_batches=args.batches, thresholds=thresholds, step=args.step)
+                                n_batches=args.batches, thresholds=thresholds, step=args.step,
+                                ratio=args.ratio)
     print(report["_table"])
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -163,12 +177,12 @@ class _IntermixedParser(argparse.ArgumentParser):
 
 
 def _model_command(sub, name: str, fn, help: str, *, batches: bool = False,
-                   overrides: str | None = "section.key=value applied to the model's config"
-                   ) -> argparse.ArgumentParser:
+                   overrides: str | None = "section.key=value applied to the model's config",
+                   required: bool = True) -> argparse.ArgumentParser:
     """A subcommand reading one model (see radial_jax.io): --checkpoint, --step, and optionally
     --batches (eval batches) and config overrides."""
     p = sub.add_parser(name, help=help)
-    p.add_argument("--checkpoint", required=True, help="run, export or Hugging Face directory")
+    p.add_argument("--checkpoint", required=required, help="run, export or Hugging Face directory")
     p.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: newest)")
     if batches:
         p.add_argument("--batches", type=int, default=0, help="eval batches (default: train.eval_batches)")
@@ -200,12 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="radial: route as decoding does (no capacity; with routing.skip=learned the "
                         "skip predictor decides), to see the loss and depth a deployed model has")
 
-    pr = _model_command(sub, "profile", _cmd_profile, batches=True,
-                        help="residual ratios and oracle skipping (dense), routing statistics (radial): "
-                             "JSON, PNG plots and a table",
+    pr = _model_command(sub, "profile", _cmd_profile, batches=True, required=False,
+                        help="residual ratios and oracle skipping (dense), residual ratios per routing "
+                             "step and pool layer and routing statistics (radial), or with --trend the "
+                             "median ratio against model size: JSON, PNG plots and a table",
                         overrides="section.key=value applied to the config, e.g. data.source=text "
                                   "data.valid_files=[...]")
-    pr.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/profile)")
+    pr.add_argument("--trend", nargs="+", default=None, metavar="DIR",
+                    help="profile several models (run, export or Hugging Face directories) and plot "
+                         "their median ratio against parameter count, beside the paper's values")
+    pr.add_argument("--ratio", choices=RATIOS, default="stream",
+                    help="normalisation: stream = ||f(x)|| / ||x|| (default), output = ||f(x)|| / "
+                         "||x + f(x)|| (the paper does not say which it used)")
+    pr.add_argument("--out", default=None,
+                    help="output folder (default: CHECKPOINT/profile; with --trend: ./trend)")
     pr.add_argument("--oracle", default="0.05", metavar="T1,T2,...",
                     help="oracle skipping thresholds on the residual ratio (default 0.05; 'none' = off)")
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from radial_jax.analysis.ratios import RATIO_FORMULA  # noqa: E402
+
 
 def save_figure(fig, path: Path) -> Path:
     """Write a figure as PNG and free it (shared by the profile and sweep plots)."""
@@ -32,8 +34,8 @@ def ratio_by_layer(report: dict, path: Path) -> Path:
     ax.axhline(100 * report["overall"]["median"], color="grey", ls="--", lw=1,
                label=f"all blocks median {100 * report['overall']['median']:.1f}%")
     ax.set_xlabel("layer")
-    ax.set_ylabel("residual ratio ||f(x)|| / ||x|| (%)")
-    ax.set_title("residual ratio by layer", fontsize=10)
+    ax.set_ylabel(f"residual ratio {RATIO_FORMULA[report['ratio']]} (%)")
+    ax.set_title(f"residual ratio ({report['ratio']}) by layer", fontsize=10)
     ax.set_xticks(sorted({b["layer"] for b in report["blocks"]}))
     ax.set_yscale("log")  # first layers often add far more than the stream holds; the rest would flatten
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
@@ -48,7 +50,7 @@ def ratio_distribution(report: dict, ratios_NxM: np.ndarray, path: Path) -> Path
     data = [np.maximum(r, 1e-6) for r in ratios_NxM]
     ax.boxplot(data, whis=(5, 95), showfliers=False, tick_labels=names)
     ax.set_yscale("log")
-    ax.set_ylabel("residual ratio (per token)")
+    ax.set_ylabel(f"residual ratio {RATIO_FORMULA[report['ratio']]} (per token)")
     ax.set_title("distribution of per-token residual ratios (boxes q25-q75, whiskers p5-p95)", fontsize=10)
     ax.tick_params(axis="x", rotation=60, labelsize=7)
     return save_figure(fig, path)
@@ -101,6 +103,38 @@ def dense_plots(report: dict, out: Path) -> dict[str, Path]:
     return paths
 
 
+def radial_ratio_plot(report: dict, path: Path) -> Path:
+    """Median residual ratio per (routing step, pool layer) over the tokens that layer processed
+    (blank: none), beside the prefix blocks' medians."""
+    rs, p = report["ratios"], report["pool_size"]
+    med = np.array([[x["median"] if x["tokens"] else np.nan for x in row["layers"]] for row in rs["steps"]])
+    n_pre = len(rs["prefix_blocks"])
+    fig, axes = plt.subplots(1, 2 if n_pre else 1, figsize=(3.0 + 0.9 * p + (2.6 if n_pre else 0),
+                                                           1.6 + 0.5 * len(med)),
+                             gridspec_kw={"width_ratios": [p + 1, 2]} if n_pre else None, squeeze=False)
+    ax = axes[0, 0]
+    im = ax.imshow(100 * med, cmap="magma", aspect="auto")
+    for (t, j), v in np.ndenumerate(med):
+        n = rs["steps"][t]["layers"][j]["tokens"]
+        light = np.nanmax(med) > 0 and v > 0.5 * (np.nanmin(med) + np.nanmax(med))
+        ax.text(j, t, f"{100 * v:.1f}%\n{n} tok" if n else "-", ha="center", va="center", fontsize=7,
+                color="black" if light else "white")
+    ax.set_xticks(range(p), [f"L{i}" for i in range(p)])
+    ax.set_yticks(range(len(med)), [f"step {t}" for t in range(len(med))])
+    ax.set_title(f"median ratio ({report['ratio']}: {RATIO_FORMULA[report['ratio']]})\n"
+                 "over the tokens each layer processed", fontsize=9)
+    fig.colorbar(im, ax=ax, label="%")
+    if n_pre:
+        bx = axes[0, 1]
+        names = [b["name"].removeprefix("prefix ") for b in rs["prefix_blocks"]]
+        bx.barh(range(n_pre), [100 * b["median"] for b in rs["prefix_blocks"]], color="tab:grey")
+        bx.set_yticks(range(n_pre), names, fontsize=7)
+        bx.invert_yaxis()
+        bx.set_xlabel("median ratio (%)")
+        bx.set_title("prefix blocks", fontsize=9)
+    return save_figure(fig, path)
+
+
 def radial_plots(report: dict, out: Path) -> dict[str, Path]:
     """Load heatmap (steps x pool layers + skip) and the dynamic-depth histogram."""
     p = report["pool_size"]
@@ -114,7 +148,8 @@ def radial_plots(report: dict, out: Path) -> dict[str, Path]:
     ax.set_yticks(range(len(load)), [f"step {t}" for t in range(len(load))])
     ax.set_title("router load (fraction of tokens)", fontsize=10)
     fig.colorbar(im, ax=ax)
-    paths = {"route_load": save_figure(fig, out / "route_load.png")}
+    paths = {"route_load": save_figure(fig, out / "route_load.png"),
+             "ratio_by_step_layer": radial_ratio_plot(report, out / "ratio_by_step_layer.png")}
 
     d = report["depth"]
     h = np.asarray(d["hist"], float)
@@ -125,3 +160,34 @@ def radial_plots(report: dict, out: Path) -> dict[str, Path]:
     ax.set_title(f"dynamic depth: mean {d['mean']:.2f}", fontsize=10)
     paths["depth_hist"] = save_figure(fig, out / "depth_hist.png")
     return paths
+
+
+def trend_plot(report: dict, path: Path) -> Path:
+    """Median ratio per model (q25-q75 bars) against parameter count, log x; the paper's values beside
+    them (filled: confirmed in its text, hollow: secondary summaries only)."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    pts = report["models"]
+    x = np.array([p["params"] for p in pts], float)
+    y = np.array([100 * p["median"] for p in pts])
+    err = np.array([[100 * (p["median"] - p["q25"]) for p in pts],
+                    [100 * (p["q75"] - p["median"]) for p in pts]])
+    ax.errorbar(x, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="this project (median, q25-q75)")
+    for p, xi, yi in zip(pts, x, y, strict=True):
+        ax.annotate(p["shape"].split(",")[0], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for v in report["paper"]:
+        if v["params"] is None:
+            continue
+        confirmed = v["status"].startswith("confirmed")
+        ax.plot(v["params"], 100 * v["median"], "s", color="tab:red", mfc="tab:red" if confirmed else "none",
+                label=f"paper: {v['model']} ({'confirmed' if confirmed else 'not confirmed'})")
+        ax.annotate(v["model"], (v["params"], 100 * v["median"]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="tab:red")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (embeddings included)")
+    ax.set_ylabel("median residual ratio (%)")
+    ax.set_title(f"residual ratio ({report['ratio']}: {RATIO_FORMULA[report['ratio']]}) against model size\n"
+                 "paper values: normalisation not given, other models and data", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    seen = dict(zip(labels, handles, strict=True))
+    ax.legend(seen.values(), seen.keys(), fontsize=7)
+    return save_figure(fig, path)

@@ -1,10 +1,13 @@
-"""`radial profile`: residual ratios and oracle skipping (dense models), routing statistics (radial).
+"""`radial profile`: residual ratios and oracle skipping (dense models), ratios and routing statistics
+(radial).
 
-Dense: for every attention and MLP residual block, the per-token residual ratio r = ||f(x)|| / ||x||
-(padding excluded), summarised per block (median, quartiles) and over all blocks; then, per oracle
-threshold, how many blocks each token runs and the eval loss with the skips applied (oracle.py).
-Radial: the router's load per step and pool layer, the dynamic-depth histogram, and which tokens go
-deep. Both write `profile.json`, PNG plots and a markdown table into the output folder.
+Dense: for every attention and MLP residual block, the per-token residual ratio (ratios.py: `stream`
+||f(x)|| / ||x|| or `output` ||f(x)|| / ||x + f(x)||, padding excluded), summarised per block (median,
+quartiles) and over all blocks; then, per oracle threshold, how many blocks each token runs and the
+eval loss with the skips applied (oracle.py).
+Radial: the ratios of the prefix blocks and of each pool layer at each routing step over the tokens
+it processed, the router's load per step and pool layer, the dynamic-depth histogram, and which
+tokens go deep. Both write `profile.json`, PNG plots and a markdown table into the output folder.
 """
 
 from __future__ import annotations
@@ -19,13 +22,10 @@ import numpy as np
 from flax import nnx
 
 from radial_jax.analysis.oracle import VARIANT, block_names, make_oracle_step
+from radial_jax.analysis.ratios import RATIO_FORMULA, check_ratio, radial_ratios, ratio_definition
 from radial_jax.data.pipeline import make_eval_batches
 from radial_jax.io.load import load_model
 from radial_jax.train.loss import masked_sum_and_count, token_nll
-
-RATIO_DEFINITION = ("r = ||f(x)||_2 / ||x||_2 per token over the model width, f(x) the block's delta "
-                    "and x the residual stream it is added to (the input of the attention block, the "
-                    "post-attention stream for the MLP block); padding tokens excluded")
 
 
 def parse_thresholds(text: str) -> list[float]:
@@ -60,9 +60,11 @@ def _loss(nll: float, tokens: float) -> dict[str, float]:
 
 
 def profile_dense(graphdef: nnx.GraphDef, params, batches: Sequence[dict],
-                  thresholds: Sequence[float], *, n_layers: int) -> dict:
-    """Per-block residual-ratio statistics, the plain eval loss, and one oracle row per threshold."""
-    step = jax.jit(make_oracle_step(graphdef))
+                  thresholds: Sequence[float], *, n_layers: int, ratio: str = "stream") -> dict:
+    """Per-block residual-ratio statistics, the plain eval loss, and one oracle row per threshold
+    (the oracle thresholds the same normalisation, `ratio`)."""
+    check_ratio(ratio)
+    step = jax.jit(make_oracle_step(graphdef, ratio))
     names = block_names(n_layers)
     n_blocks = len(names)
 
@@ -101,7 +103,8 @@ def profile_dense(graphdef: nnx.GraphDef, params, batches: Sequence[dict],
         oracle.append(row)
     return {
         "kind": "dense",
-        "definition": RATIO_DEFINITION,
+        "ratio": ratio,
+        "definition": ratio_definition(ratio),
         "blocks": blocks,
         "overall": _stats(all_ratios.reshape(-1)),
         "median_of_block_medians": float(np.median([b["median"] for b in blocks])),
@@ -125,11 +128,48 @@ def _make_radial_step(graphdef: nnx.GraphDef):
     return step
 
 
+def _make_ratio_step(graphdef: nnx.GraphDef, ratio: str):
+    def step(params, batch):
+        return radial_ratios(nnx.merge(graphdef, params), batch["inputs"], batch["positions"],
+                             batch["segment_ids"], ratio)
+
+    return step
+
+
+def radial_ratio_stats(prefix_NxM: np.ndarray, step_TxM: np.ndarray, layer_TxM: np.ndarray,
+                       kept_TxM: np.ndarray, pool_size: int) -> dict:
+    """Ratio statistics over M real tokens: per prefix block, and per (step, pool layer) over the tokens
+    that layer processed at that step (tokens that ran several layers at one step: `multi`)."""
+    p = pool_size
+    names = block_names(prefix_NxM.shape[0] // 2)
+    prefix = [{"name": f"prefix {n}", "layer": i // 2, "kind": n.split(".")[1], **_stats(prefix_NxM[i])}
+              for i, n in enumerate(names)]
+    steps, routed = [], []
+    for t in range(step_TxM.shape[0]):
+        one = kept_TxM[t] == 1
+        layers = []
+        for j in range(p):
+            r = step_TxM[t, one & (layer_TxM[t] == j)]
+            layers.append({"layer": j, **_stats(r)})
+            routed.append(r)
+        multi = step_TxM[t, kept_TxM[t] > 1]
+        routed.append(multi)
+        steps.append({"step": t, "layers": layers, "multi": _stats(multi) if multi.size else None})
+    routed_all = np.concatenate(routed) if routed else np.zeros(0)
+    return {"prefix_blocks": prefix, "steps": steps, "routed_overall": _stats(routed_all),
+            "overall": _stats(np.concatenate([prefix_NxM.reshape(-1), routed_all]))}
+
+
 def profile_radial(graphdef: nnx.GraphDef, params, batches: Sequence[dict], *, pool_size: int,
                    steps: int, prefix_layers: int, decode=None, top: int = 12,
-                   min_count: int = 20) -> dict:
-    """Load per routing step and pool layer, dynamic-depth histogram, and the deepest/shallowest tokens."""
+                   min_count: int = 20, ratio: str = "stream") -> dict:
+    """Residual ratios per prefix block and per (routing step, pool layer); load per routing step and
+    pool layer, dynamic-depth histogram, and the deepest/shallowest tokens."""
+    check_ratio(ratio)
     step = jax.jit(_make_radial_step(graphdef))
+    ratio_step = jax.jit(_make_ratio_step(graphdef, ratio))
+    kept_ratios: dict[str, list] = {"prefix": [], "step": [], "layer": [], "kept": []}
+    same_trace = True
     p, t_steps = pool_size, steps
     load_TxR = np.zeros((t_steps, p + 1))  # fraction of real tokens per (step, layer | skip)
     depth_all, token_ids, nll, tokens, route = [], [], 0.0, 0.0, {}
@@ -137,6 +177,11 @@ def profile_radial(graphdef: nnx.GraphDef, params, batches: Sequence[dict], *, p
         b_nll, b_count, aux, trace = jax.device_get(step(params, batch))
         valid = np.asarray(batch["segment_ids"]) != 0
         tr = np.asarray(trace)[:, valid]  # [T, tokens]: layer run at each step, P = skipped/dropped
+        rr = jax.device_get(ratio_step(params, batch))
+        for name, a in (("prefix", rr.prefix_NxBxS), ("step", rr.step_TxBxS), ("layer", rr.layer_TxBxS),
+                        ("kept", rr.kept_TxBxS)):
+            kept_ratios[name].append(np.asarray(a)[:, valid])
+        same_trace &= bool(np.array_equal(kept_ratios["layer"][-1], tr))
         for t in range(t_steps):
             load_TxR[t] += np.bincount(tr[t], minlength=p + 1)[: p + 1]
         depth_all.append(prefix_layers + (tr < p).sum(0))
@@ -160,8 +205,14 @@ def profile_radial(graphdef: nnx.GraphDef, params, batches: Sequence[dict], *, p
         return [{"token_id": int(seen[i]), "text": decode([int(seen[i])]) if decode else str(seen[i]),
                  "mean_depth": float(mean_depth[i]), "count": int(counts[seen[i]])} for i in sel]
 
+    cat = {k: np.concatenate(v, axis=1) for k, v in kept_ratios.items()}
     return {
         "kind": "radial",
+        "ratio": ratio,
+        "definition": ratio_definition(ratio),
+        "ratios": {**radial_ratio_stats(cat["prefix"], cat["step"], cat["layer"], cat["kept"], p),
+                   # the step-by-step pass routed every token as the model's forward pass did
+                   "matches_forward_routing": same_trace},
         "eval": {**_loss(nll, tokens), "tokens": tokens},
         "route": {k.split("/", 1)[1]: float(np.mean(v)) for k, v in route.items()},
         "pool_size": p, "steps": t_steps, "prefix_layers": prefix_layers,
@@ -186,7 +237,8 @@ def _fmt(x: float, pct: bool = False) -> str:
 def dense_table(report: dict) -> str:
     """Markdown: per-block ratios, then the oracle rows (threshold 0 = the model as trained)."""
     per_block = report["overall"]["tokens"] // len(report["blocks"])
-    lines = [f"Residual ratio r = ||f(x)|| / ||x|| over {per_block} tokens per block (padding excluded)", "",
+    lines = [f"Residual ratio ({report['ratio']}) r = {RATIO_FORMULA[report['ratio']]} over {per_block} "
+             "tokens per block (padding excluded)", "",
              "| block | median | q25 | q75 |", "|---|---|---|---|"]
     for b in report["blocks"]:
         lines.append(f"| {b['name']} | {_fmt(b['median'], True)} | {_fmt(b['q25'], True)} | "
@@ -211,9 +263,40 @@ def dense_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def radial_ratio_table(report: dict) -> str:
+    """Markdown: median [q25-q75] (tokens) of each prefix block and of each (step, pool layer)."""
+    rs, p = report["ratios"], report["pool_size"]
+
+    def cell(st: dict | None) -> str:
+        if not st or not st["tokens"]:
+            return "-"
+        q = f"{_fmt(st['q25'], True)}-{_fmt(st['q75'], True)}"
+        return f"{_fmt(st['median'], True)} [{q}] ({st['tokens']})"
+
+    multi = any(row["multi"] for row in rs["steps"])
+    lines = [f"Residual ratio ({report['ratio']}) r = {RATIO_FORMULA[report['ratio']]}, median [q25-q75] "
+             "(tokens), over the tokens each pool layer processed at each step (skipped and dropped "
+             "tokens excluded)", "",
+             "| step | " + " | ".join(f"layer {i}" for i in range(p))
+             + (" | several layers |" if multi else " |"),
+             "|---" * (p + 1 + multi) + "|"]
+    for row in rs["steps"]:
+        lines.append(f"| {row['step']} | " + " | ".join(cell(x) for x in row["layers"])
+                     + (f" | {cell(row['multi'])} |" if multi else " |"))
+    if rs["prefix_blocks"]:
+        lines += ["", "| prefix block | ratio |", "|---|---|"]
+        lines += [f"| {b['name']} | {cell(b)} |" for b in rs["prefix_blocks"]]
+    lines += ["", f"all routed updates: {cell(rs['routed_overall'])}; prefix blocks and routed updates: "
+              f"{cell(rs['overall'])}"]
+    if not rs["matches_forward_routing"]:
+        lines.append("WARNING: the step-by-step pass routed tokens differently from the model's forward pass")
+    return "\n".join(lines)
+
+
 def radial_table(report: dict) -> str:
     p = report["pool_size"]
-    lines = ["Load per routing step (fraction of tokens per pool layer; skip = skipped or dropped)", "",
+    lines = [radial_ratio_table(report), "",
+             "Load per routing step (fraction of tokens per pool layer; skip = skipped or dropped)", "",
              "| step | " + " | ".join(f"layer {i}" for i in range(p)) + " | skip |",
              "|---" * (p + 2) + "|"]
     for row in report["load_per_step"]:
@@ -253,19 +336,20 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
 
 
 def run_profile(model_path: str, overrides: Sequence[str] = (), *, out_dir: str | None = None,
-                n_batches: int = 0, thresholds: Sequence[float] = (0.05,), step: int | None = None
-                ) -> tuple[dict, dict[str, Path]]:
+                n_batches: int = 0, thresholds: Sequence[float] = (0.05,), step: int | None = None,
+                ratio: str = "stream") -> tuple[dict, dict[str, Path]]:
     """Load a run dir / export dir / Hugging Face dir, profile it on validation batches, write outputs."""
     loaded = load_model(model_path, overrides, step=step)
     cfg = loaded.cfg
     batches = make_eval_batches(cfg.data, loaded.tokenizer, n_batches or cfg.train.eval_batches)
     m = cfg.model
     if m.kind == "dense":
-        report = profile_dense(loaded.graphdef, loaded.params, batches, thresholds, n_layers=m.n_layers)
+        report = profile_dense(loaded.graphdef, loaded.params, batches, thresholds, n_layers=m.n_layers,
+                               ratio=ratio)
     else:
         report = profile_radial(loaded.graphdef, loaded.params, batches, pool_size=m.pool_size,
                                 steps=m.steps, prefix_layers=m.prefix_layers,
-                                decode=loaded.tokenizer.decode)
+                                decode=loaded.tokenizer.decode, ratio=ratio)
     report = {"checkpoint": str(model_path), "step": loaded.step, "source": loaded.source,
               "data": {"source": cfg.data.source, "batches": len(batches),
                        "batch_size": int(batches[0]["inputs"].shape[0]) if batches else 0,
@@ -281,4 +365,4 @@ def _default_out(model_path: str) -> Path:
 
 
 __all__ = ["profile_dense", "profile_radial", "run_profile", "write_report", "dense_table",
-           "radial_table", "parse_thresholds"]
+           "radial_table", "radial_ratio_stats", "parse_thresholds"]
