@@ -97,9 +97,10 @@ def radial_ratios(model, tokens_BxS, pos_BxS, seg_BxS, kind: str = "stream") -> 
                                           attention_mask(seg_BxS, idx_BxS, seg_BxS, idx_BxS), 0.0, kind)
     state = StepState(h_BxSxD, History.empty(b, s, model.pool_size), None, SequenceKV(seg_BxS, idx_BxS))
     ratio, layer, kept = [], [], []
+    pool = model.gathered_pool()  # the pool's weights as the forward pass hands them to every step
     for t in range(model.steps):
         new, route = model.route_step(state, t, pos_BxS=pos_BxS, valid_BxS=valid_BxS,
-                                      capacity=model.capacity(s))
+                                      capacity=model.capacity(s), pool=pool)
         ratio.append(residual_ratio(new.h_BxSxD - state.h_BxSxD, state.h_BxSxD, kind))
         layer.append(route.layer_BxS)
         kept.append(route.dispatch.kept_BxSxK.sum(-1))
