@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from radial_jax.cli import main
-from radial_jax.config import load_config
+from radial_jax.config import ConfigError, load_config
+from radial_jax.parallel.distributed import heartbeat_timeout
 from radial_jax.train import checkpoint as checkpoint_mod
 from radial_jax.train import loop
 from radial_jax.train import metrics as metrics_mod
@@ -243,6 +244,12 @@ class Pair:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_heartbeat_timeout_comes_from_the_environment():
+    assert heartbeat_timeout({}) == 100 and heartbeat_timeout({"RADIAL_HEARTBEAT_TIMEOUT": "15"}) == 15
+    with pytest.raises(ConfigError, match="RADIAL_HEARTBEAT_TIMEOUT=0 must be at least 1"):
+        heartbeat_timeout({"RADIAL_HEARTBEAT_TIMEOUT": "0"})
 
 
 @pytest.fixture(scope="module")

@@ -162,13 +162,13 @@ def preemption_note() -> str | None:
         return None
 
 
-def reached_preemption(step: int) -> bool:
+def reached_preemption(step: int) -> bool | None:
     """True on every process at the same step once any of them was preempted; call it every step.
-    False without a coordination service (one process) or with JAX's preemption service off."""
+    None where JAX's preemption service is off (`jax_enable_preemption_service`)."""
     try:
         return multihost_utils.reached_preemption_sync_point(step)
     except RuntimeError:
-        return False
+        return None
 
 
 def lost_processes() -> list[int]:

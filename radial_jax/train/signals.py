@@ -64,9 +64,10 @@ class StopRequest:
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop; the same answer on every process. Call it once
         per step, every step."""
-        if jax.process_count() == 1:
+        agreed = reached_preemption(step) if jax.process_count() > 1 else None
+        if agreed is None:  # one process, or no sync service: this process's own signal decides
             return self.signum is not None
-        if not reached_preemption(step):
+        if not agreed:
             return False
         if self.signum is None:  # another process was signalled (or JAX's own handler caught it)
             self.signum = signal.SIGTERM
