@@ -116,7 +116,7 @@ def _cmd_bench(args) -> int:
         raise SystemExit(f"--burst must be 1, 2, 4, 8 or 16 (a window is 16 tokens), got {args.burst}")
     if args.what == "decode":
         bench_decode.run(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
-                         windows=args.windows, burst=args.burst)
+                         windows=args.windows, burst=args.burst, transformers=not args.no_transformers)
         return 0
     if args.what == "decode-variants":
         if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
@@ -126,7 +126,8 @@ def _cmd_bench(args) -> int:
                            args.overrides, args.out, windows=args.windows, burst=args.burst)
         return 0
     if args.what == "train":
-        bench_train.run(args.configs or bench_train.DEFAULT_CONFIGS, args.overrides, args.out)
+        bench_train.run(args.configs or bench_train.DEFAULT_CONFIGS, args.overrides, args.out,
+                        steps=args.steps)
         return 0
     raise SystemExit(f"unknown benchmark {args.what!r}")
 
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode, decode-variants: trained run directories to time instead of --configs")
     b.add_argument("--configs", nargs="+", default=None, help="configs to compare")
     b.add_argument("--out", default=None, help="write the JSON report here")
+    b.add_argument("--steps", type=int, default=25, help="train: timed steps per config (windows of 5)")
+    b.add_argument("--no-transformers", action="store_true",
+                   help="decode: skip timing transformers' generate() even where it imports")
     b.add_argument("--windows", type=int, default=15,
                    help="decode, decode-variants: timed windows of 16 tokens per model and batch "
                         "(more: steadier medians)")
@@ -285,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("config", help="YAML config, e.g. configs/radial_1b.yaml")
     co.add_argument("--topology", required=True, metavar="NAME",
                     help="TPU slice such as v5p:4x4x4, v5e:16x16, v6e:8x8 (needs pip install '.[tpu]'), "
-                         "or cpu:N")
+                         "cpu:N, or local (this host's devices)")
     co.add_argument("--slices", type=int, default=1, help="TPU slices joined by the data-center network")
     co.add_argument("--out", default=None, help="write the JSON report here")
     co.add_argument("--hlo", default=None, help="write the compiled program's HLO text here")

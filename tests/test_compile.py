@@ -124,6 +124,7 @@ def test_unknown_topology_lists_known_ones():
         parse_topology("v9x:4x4")
     assert parse_topology("v5e:16x16").dims == (16, 16)
     assert parse_topology("cpu:8").chips_per_slice == 8
+    assert parse_topology("local").chip == "local"
 
 
 def test_cpu_topology_without_the_flag_says_what_to_set():

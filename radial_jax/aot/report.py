@@ -31,7 +31,7 @@ def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled)
     analytic = f.train * tokens / n
     report = {
         "config": config_path, "topology": topology.name, "slices": topology.slices, "devices": n,
-        "chip": topology.chip.name if topology.chip else "cpu",
+        "chip": topology.chip.name if topology.chip else str(topology.devices[0].device_kind).lower(),
         "mesh": c.plan.mesh_shape, "rules": c.plan.rules.name, "kind": cfg.model.kind,
         "params": c.n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len],
         "memory_per_device": c.memory,

@@ -1,6 +1,7 @@
 """Topology names -> devices to compile for: TPU slices through libtpu's topology descriptions
-(`v5p:4x4x4`, `v5e:16x16`, `v6e:8x8`, ... with `slices` for multi-slice), or `cpu:N` virtual CPU
-devices. No device of the topology needs to exist."""
+(`v5p:4x4x4`, `v5e:16x16`, `v6e:8x8`, ... with `slices` for multi-slice), `cpu:N` virtual CPU
+devices, or `local`: this host's own devices (a GPU or TPU VM). No device of a TPU slice or of
+cpu:N needs to exist."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 import jax
 
 from radial_jax.config import ConfigError
-from radial_jax.parallel.chips import CHIPS, Chip
+from radial_jax.parallel.chips import CHIPS, Chip, chip_for_device_kind
 
 TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")
 EXAMPLES = ("v4:2x2x1", "v5p:2x2x1", "v5p:4x4x4", "v5p:4x4x8", "v5e:8x8", "v5e:16x16", "v6e:8x8",
-            "v6e:16x16", "cpu:8")
+            "v6e:16x16", "local", "cpu:8")
 _TPU_NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 _CPU_NAME = re.compile(r"^cpu:(\d+)$")
 
@@ -40,8 +41,8 @@ class Topology:
 
 @dataclass(frozen=True)
 class TopologyName:
-    chip: str    # "cpu" or a TPU chip name
-    dims: tuple  # chips along each axis of one slice (cpu: (N,))
+    chip: str    # "cpu", "local" or a TPU chip name
+    dims: tuple  # chips along each axis of one slice (cpu: (N,); local: ())
 
     @property
     def chips_per_slice(self) -> int:
@@ -49,14 +50,17 @@ class TopologyName:
 
 
 def parse_topology(name: str) -> TopologyName:
-    """`v5p:4x4x4` -> TopologyName("v5p", (4, 4, 4)); `cpu:8` -> ("cpu", (8,)); else TopologyError."""
+    """`v5p:4x4x4` -> TopologyName("v5p", (4, 4, 4)); `cpu:8` -> ("cpu", (8,)); `local` ->
+    ("local", ()); else TopologyError."""
+    if name.strip().lower() == "local":
+        return TopologyName("local", ())
     if m := _CPU_NAME.match(name.strip()):
         return TopologyName("cpu", (int(m.group(1)),))
     if m := _TPU_NAME.match(name.strip().lower()):
         return TopologyName(m.group(1), tuple(int(x) for x in m.group(2).split("x")))
     raise TopologyError(f"--topology {name!r} is not a known topology: give CHIP:AxB[xC] with CHIP one of "
-                        f"{', '.join(TPU_CHIPS)} (e.g. {', '.join(EXAMPLES[:-1])}), or cpu:N for N "
-                        "virtual CPU devices")
+                        f"{', '.join(TPU_CHIPS)} (e.g. {', '.join(EXAMPLES[:-2])}), local for this host's "
+                        "devices, or cpu:N for N virtual CPU devices")
 
 
 def have_libtpu() -> bool:
@@ -80,6 +84,11 @@ def get_topology(name: str, slices: int = 1) -> Topology:
     parsed = parse_topology(name)
     if slices < 1:
         raise TopologyError(f"--slices must be >= 1, got {slices}")
+    if parsed.chip == "local":
+        if slices != 1:
+            raise TopologyError("--slices applies to TPU slice names only; `local` is this host's devices")
+        devices = jax.devices()
+        return Topology(name, chip_for_device_kind(devices[0].device_kind), list(devices), 1)
     if parsed.chip == "cpu":
         n = parsed.dims[0]
         if slices != 1:

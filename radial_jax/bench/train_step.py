@@ -74,11 +74,16 @@ def time_train_step(cfg, *, warmup: int = 3, windows: int = 5, steps_per_window:
     return out
 
 
-def run(config_paths=DEFAULT_CONFIGS, overrides=(), out: str | None = None) -> dict:
+def run(config_paths=DEFAULT_CONFIGS, overrides=(), out: str | None = None, steps: int = 25) -> dict:
+    """`steps`: timed steps per config, in windows of up to 5 (after up to 3 untimed ones)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    per_window = min(5, steps)
     results = {}
     for path in config_paths:
         cfg = load_config(path, list(overrides))
-        results[Path(path).stem] = time_train_step(cfg)
+        results[Path(path).stem] = time_train_step(cfg, warmup=min(3, steps), windows=steps // per_window,
+                                                   steps_per_window=per_window)
     report = {"benchmark": "train_step", "device": str(jax.devices()[0].device_kind),
               "platform": platform.processor() or platform.machine(), "cpu_count": _cpus(),
               "results": results}
