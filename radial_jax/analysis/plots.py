@@ -174,15 +174,20 @@ def trend_plot(report: dict, path: Path) -> Path:
     ax.errorbar(x, y, yerr=err, fmt="o-", color="tab:blue", capsize=3, label="this project (median, q25-q75)")
     for p, xi, yi in zip(pts, x, y, strict=True):
         ax.annotate(p["shape"].split(",")[0], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    named = set()
     for v in report["paper"]:
         if v["params"] is None:
             continue
         confirmed = v["status"].startswith("confirmed")
         ax.plot(v["params"], 100 * v["median"], "s", color="tab:red", mfc="tab:red" if confirmed else "none",
                 label=f"paper: {v['model']} ({'confirmed' if confirmed else 'not confirmed'})")
-        ax.annotate(v["model"], (v["params"], 100 * v["median"]), textcoords="offset points", xytext=(4, -10),
-                    fontsize=7, color="tab:red")
+        if v["model"] not in named:  # one label per model, whatever its number of reported values
+            named.add(v["model"])
+            ax.annotate(v["model"], (v["params"], 100 * v["median"]), textcoords="offset points",
+                        xytext=(-12, -12), fontsize=7, color="tab:red")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # the first blocks' upper quartiles exceed 100%; the medians would flatten
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
     ax.set_xlabel("parameters (embeddings included)")
     ax.set_ylabel("median residual ratio (%)")
     ax.set_title(f"residual ratio ({report['ratio']}: {RATIO_FORMULA[report['ratio']]}) against model size\n"
