@@ -197,11 +197,11 @@ def _trajectory(graphdef, params, batch):
     return jnp.stack(xs), jnp.stack(ys), jnp.stack(slots), jnp.stack(oks)
 
 
-def direct_radial_ratios(graphdef, params, batches, kind):
-    """{(step, layer): ratios} slot by slot from each step's dispatch (the C slots a layer ran, real
-    tokens only), in float64."""
+def direct_radial_ratios(graphdef, params, batches) -> dict:
+    """{kind: {(step, layer): ratios}} slot by slot from each step's dispatch (the C slots a layer ran,
+    real tokens only), in float64."""
     traj = jax.jit(lambda params, batch: _trajectory(graphdef, params, batch))
-    out = {}
+    out = {"stream": {}, "output": {}}
     for batch in batches:
         valid = np.asarray(batch["segment_ids"]) != 0
         x, y, idx, ok = (np.asarray(a) for a in traj(params, batch))
@@ -209,19 +209,20 @@ def direct_radial_ratios(graphdef, params, batches, kind):
         for t, bi, p, c in zip(*np.nonzero(ok), strict=True):
             j = idx[t, bi, p, c]
             if valid[bi, j]:
-                base = x[t, bi, j] if kind == "stream" else y[t, bi, j]
-                r = np.linalg.norm(y[t, bi, j] - x[t, bi, j]) / np.linalg.norm(base)
-                out.setdefault((int(t), int(p)), []).append(r)
+                delta = np.linalg.norm(y[t, bi, j] - x[t, bi, j])
+                out["stream"].setdefault((int(t), int(p)), []).append(delta / np.linalg.norm(x[t, bi, j]))
+                out["output"].setdefault((int(t), int(p)), []).append(delta / np.linalg.norm(y[t, bi, j]))
     return out
 
 
 def test_radial_ratios_per_step_and_layer_match_direct_computation(radial, tmp_path):
     _, graphdef, params, batches = radial
     n_valid = sum(int((np.asarray(b["segment_ids"]) != 0).sum()) for b in batches)
+    direct = direct_radial_ratios(graphdef, params, batches)
     for kind in ("stream", "output"):
         report = profile_radial(graphdef, params, batches, pool_size=3, steps=3, prefix_layers=1,
                                 ratio=kind, min_count=1)
-        want = direct_radial_ratios(graphdef, params, batches, kind)
+        want = direct[kind]
         prefix = np.concatenate([direct_ratios(graphdef, params, b, kind, blocks="prefix")[0][
             :, np.asarray(b["segment_ids"]) != 0] for b in batches], axis=1)
         rs = report["ratios"]
