@@ -116,7 +116,8 @@ def _cmd_bench(args) -> int:
         raise SystemExit(f"--burst must be 1, 2, 4, 8 or 16 (a window is 16 tokens), got {args.burst}")
     if args.what == "decode":
         bench_decode.run(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
-                         windows=args.windows, burst=args.burst, transformers=not args.no_transformers)
+                         windows=args.windows, burst=args.burst, batches=tuple(args.batch_sizes),
+                         transformers=not args.no_transformers)
         return 0
     if args.what == "decode-variants":
         if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--burst", type=int, default=8,
                    help="decode, decode-variants: tokens per jitted call (default 8, as `radial generate` "
                         "makes them; 1: one call per token, each paying dispatch and readback)")
+    b.add_argument("--batch-sizes", nargs="+", type=int, default=list(bench_decode.BATCHES),
+                   help="decode: batch sizes to time (default 1 8)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from radial_jax.model import dispatch as dsp
 from radial_jax.model.build import build_model
 from radial_jax.model.decode import decode_step, prefill, unstack_weights
 from radial_jax.model.kv_cache import bytes_per_token, check_room, init_cache
@@ -172,7 +173,7 @@ def test_grouped_attention_matches_jax_attention_on_the_cache_layout():
 
 
 @pytest.mark.parametrize("extra, batch", [([], 1), ([], 8), ([*RADIAL, "model.prefix_layers=1"], 1),
-                                          ([*RADIAL, "model.prefix_layers=1"], 8)])
+                                          ([*RADIAL, "model.prefix_layers=1"], 4)])
 def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     """The compiled decode step copies no cache slot (the layout's reason to be: with [L, B, M, G, K]
     arrays, or a unit batch dimension in front, XLA copied every slot at every layer and token), nor
@@ -190,3 +191,58 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
     table = (cfg.model.vocab_size, cfg.model.d_model)
     assert table not in copies and table[::-1] not in copies, f"embedding table copied: {copies}"
     assert any(str(max_len) in line and "scatter" in line for line in hlo.splitlines())  # it does write
+
+
+@pytest.mark.parametrize("layers", [[0, 2, 1, 3, 2, 0, 0, 1], [1] * 8, [3] * 8, [2],
+                                    [0, 3, 0, 3, 1, 1, 1, 2, 2, 2, 0]])
+def test_map_groups_runs_every_entry_on_its_own_layer_and_drops_none(layers):
+    """Batched decoding's grouping: entry n's row comes from fns[layer n] (a wrong layer leaves the
+    wrong tag), every grouped entry is written (a dropped one keeps -1), skips (layer 3) are not,
+    including a layer holding every entry (the largest bucket) and buckets larger than groups."""
+    p, n = 3, len(layers)
+    layer_N = np.array(layers)
+    fns = [lambda x_C, i=i: (x_C * 10 + i, -x_C) for i in range(p)]
+    x_N = jnp.arange(1, n + 1, dtype=jnp.float32)
+    init = (jnp.full((n,), -1.0), jnp.full((n,), -1.0))
+    for classes in (1, 4):
+        sizes = dsp.bucket_sizes(n, classes)
+        grouped = jax.jit(lambda layer_N, x_N, sizes=sizes: dsp.map_groups(
+            fns, dsp.group_by_layer(layer_N, p), (x_N,), init, sizes))
+        tagged, negated = grouped(jnp.asarray(layer_N), x_N)
+        run = layer_N < p
+        np.testing.assert_array_equal(tagged, np.where(run, np.arange(1, n + 1) * 10 + layer_N, -1))
+        np.testing.assert_array_equal(negated, np.where(run, -np.arange(1, n + 1), -1))
+
+
+def test_bucket_sizes():
+    assert dsp.bucket_sizes(8) == tuple(range(9))
+    assert dsp.bucket_sizes(32) == (0, 4, 8, 12, 16, 20, 24, 28, 32)
+    assert dsp.bucket_sizes(10, 4) == (0, 3, 5, 8, 10)
+    assert dsp.bucket_sizes(3, 1) == (0, 3)
+    with pytest.raises(ValueError, match="n >= 1"):
+        dsp.bucket_sizes(0)
+
+
+def test_grouped_decode_step_equals_the_all_layers_step_under_skewed_routes():
+    """A batch of 4 whose routes crowd one layer (a bias sends most tokens to layer 0) or spread
+    out: the grouped step (each layer runs its own tokens) gives the logits, routes and cache of
+    RadialLM.route_step's step, where every layer runs every token (a one-token prefill)."""
+    cfg = tiny_config(*RADIAL, "model.prefix_layers=1", "model.steps=2")
+    model = build_model(cfg)
+    rng = np.random.default_rng(1)
+    tokens = jnp.asarray(rng.integers(0, 256, (4, 5)), jnp.int32)
+    lengths = jnp.array([5, 2, 4, 1], jnp.int32)
+    for bias in ([0.0, 0.0, 0.0], [8.0, 0.0, 0.0]):
+        model.router.select_bias[...] = jnp.broadcast_to(jnp.asarray(bias), model.router.select_bias.shape)
+        graphdef, params = nnx.split(model, nnx.Param)
+        _, cache = prefill_jit(graphdef, params, tokens, lengths, init_cache(cfg, 4, 8))
+        nxt = tokens[:, 0]
+        got, c1 = decode_jit(graphdef, params, nxt, cache)
+        want, c2 = prefill_jit(graphdef, params, nxt[:, None], jnp.ones(4, jnp.int32), cache)
+        np.testing.assert_allclose(got, want[:, 0], atol=1e-5, rtol=0)
+        route = np.asarray(c1.route_TxBxM)[:, np.arange(4), np.asarray(lengths)]
+        np.testing.assert_array_equal(route, np.asarray(c2.route_TxBxM)[:, np.arange(4), np.asarray(lengths)])
+        if bias[0]:
+            assert (route == 0).sum() >= 5  # a crowded layer
+        for a, b in zip(jax.tree.leaves(c1), jax.tree.leaves(c2), strict=True):
+            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-5)

@@ -183,14 +183,17 @@ def _models(configs, overrides, checkpoints):
 
 def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None, prompt_len: int = 64,
         new_tokens: int = 16, windows: int = 15, burst: int = DEFAULT_BURST, transformers: bool = True,
-        hf_tokens: int = 64) -> dict:
+        hf_tokens: int = 64, batches: tuple[int, ...] = BATCHES) -> dict:
+    """batches: batch sizes to time each model at (batch 1 radial: also the batched path)."""
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batches}")
     timers, dense_cfg = [], None
     for name, cfg, graphdef, params in _models(configs, overrides, checkpoints):
         n_params = sum(x.size for x in jax.tree.leaves(params))
         kind = cfg.model.kind
-        paths = [(b, None) for b in BATCHES]
-        if kind == "radial":
-            paths.insert(1, (1, False))  # batch 1 without lax.switch: every pool layer runs
+        paths = [(b, None) for b in batches]
+        if kind == "radial" and 1 in batches:
+            paths.insert(batches.index(1) + 1, (1, False))  # batch 1 by the batched path, not lax.switch
         for batch, switch in paths:
             path = "all layers" if kind == "dense" else ("switch" if batch == 1 and switch is None
                                                          else "batched")
@@ -202,7 +205,7 @@ def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None,
             dense_cfg = cfg
     if transformers and dense_cfg is not None and TransformersTimer.available():
         for threads in sorted({1, _cpus()}):  # timed in the same rounds as ours
-            for batch in BATCHES:
+            for batch in batches:
                 row = {"model": f"transformers Llama, {threads} thread(s)", "kind": "dense",
                        "path": "generate()"}
                 timers.append((row, TransformersTimer(dense_cfg, batch=batch, prompt_len=prompt_len,
@@ -217,7 +220,7 @@ def run(configs=None, overrides=(), out: str | None = None, *, checkpoints=None,
     report = {"benchmark": "decode", "device": str(jax.devices()[0].device_kind),
               "platform": platform.processor() or platform.machine(), "cpu_count": _cpus(),
               "jax": jax.__version__, "prompt_len": prompt_len, "new_tokens": new_tokens,
-              "burst": burst, "windows": windows, "results": rows, **_ratios(rows)}
+              "burst": burst, "windows": windows, "batches": list(batches), "results": rows, **_ratios(rows)}
     print(format_table(report))
     if out:
         Path(out).write_text(json.dumps(report, indent=2))
@@ -240,7 +243,17 @@ def _ratios(rows: list[dict]) -> dict:
                          "ratio_best": r["ms_min"] / dense["ms_min"],
                          "ratio_paired": _paired_ratio(r["window_ms"], dense["window_ms"]),
                          "target": 1.2 * r["active_fraction"]} for r in radial}
-    for b in BATCHES:
+    batches = sorted({r["batch"] for r in rows})
+    for b in batches:  # batched decoding: the target is radial / dense <= 1
+        dense_b = find("dense", "all layers", b)
+        radial_b = [r for r in rows if r["kind"] == "radial" and r["path"] == "batched" and r["batch"] == b]
+        if b > 1 and dense_b and radial_b:
+            out[f"radial_over_dense_batch{b}"] = {
+                r["model"]: {"ratio": r["ms_per_token"] / dense_b["ms_per_token"],
+                             "ratio_best": r["ms_min"] / dense_b["ms_min"],
+                             "ratio_paired": _paired_ratio(r["window_ms"], dense_b["window_ms"])}
+                for r in radial_b}
+    for b in batches:
         hf, ours = find("dense", "generate()", b), find("dense", "all layers", b)
         if hf and ours:
             out[f"transformers_over_ours_batch{b}"] = hf["ms_per_token"] / ours["ms_per_token"]
@@ -265,7 +278,13 @@ def format_table(report: dict) -> str:
         rows.append(f"batch 1, {model} / dense ms per token: {r['ratio']:.2f} median, "
                     f"{r['ratio_best']:.2f} best, {r['ratio_paired']:.2f} paired by round "
                     f"(target <= 1.2 x mean active fraction = {r['target']:.2f})")
-    for b in (1, 8):
+    batches = sorted({r["batch"] for r in report["results"]})
+    for b in (b for b in batches if b > 1):
+        for model, r in report.get(f"radial_over_dense_batch{b}", {}).items():
+            rows.append(f"batch {b}, {model} / dense ms per token: {r['ratio']:.2f} median, "
+                        f"{r['ratio_best']:.2f} best, {r['ratio_paired']:.2f} paired by round "
+                        "(target <= 1)")
+    for b in batches:
         if f"transformers_over_ours_batch{b}" in report:
             rows.append(f"batch {b}, transformers (fastest thread count) / ours (dense) ms per token: "
                         f"{report[f'transformers_over_ours_batch{b}']:.2f}")

@@ -10,9 +10,13 @@ constraints, shared-KV semantics with `kv_skip: mask|carry`), with capacity larg
 token is ever dropped, so their logits equal the full forward pass's wherever training dropped no
 token. A token's route depends only on its own hidden state, so decoding is causal.
 
-Two radial decode paths:
-- batched (any B): the step's tokens are gathered into per-layer buffers [P, B, 1, D] (capacity =
-  batch), all P layers run, results are combined back: static shapes, cost P per step;
+Radial paths:
+- prefill (chunks of S tokens): RadialLM.route_step with capacity S, every pool layer runs on its
+  per-sequence buffers [P, B, S, D];
+- batched decode step (any B): each pool layer runs on the tokens routed to it only, grouped over
+  the whole batch into one bucket per layer whose static size is the smallest that holds them
+  (dispatch.map_groups), and attention runs once per token choice: cost follows the routes, and
+  no token is ever dropped;
 - batch 1 (`switch=True`, the default when B == 1): `lax.switch` over the pool's layers plus an
   identity branch for skip, so only the chosen layer runs and a skipped step costs the router only.
 """
@@ -23,9 +27,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from radial_jax.model import dispatch as dsp
 from radial_jax.model.kv_cache import KVCache, check_room
+from radial_jax.model.layers import grouped_attention
 from radial_jax.model.policy import History
-from radial_jax.model.routing import Route, StepState, decide_one, kv_slot
+from radial_jax.model.routing import Route, StepState, decide_one, decide_tokens, kv_slot
+
+# Bucket sizes per pool layer in batched decoding: `dispatch.bucket_sizes(batch * K, BUCKET_CLASSES)`.
+BUCKET_CLASSES = 8
 
 
 def prefill(graphdef: nnx.GraphDef, params, tokens_BxS: jax.Array, lengths_B: jax.Array,
@@ -59,6 +68,8 @@ def decode_step(graphdef: nnx.GraphDef, params, token_B: jax.Array, cache: KVCac
         if b != 1:
             raise ValueError(f"the lax.switch decode path runs one sequence; got a batch of {b}")
         return _decode_one(model, token_B, cache, step_weights)
+    if _is_radial(model):
+        return _decode_grouped(model, token_B, cache, step_weights)
     logits_Bx1xV, cache = _extend(model, token_B[:, None], jnp.ones((b,), jnp.int32), cache)
     return logits_Bx1xV[:, 0], cache
 
@@ -216,6 +227,85 @@ class CacheKV:
         return (*cache.slot(slot), mask, self.replace(cache=cache))
 
 
+# --------------------------------------------------------------------------- batched decode step
+
+
+def _step_modules(model, weights: StepWeights | None):
+    """(pool layer i -> its Block, step t -> the router's weights), from the unstacked weights or,
+    without them, from slices of the stacked arrays taken where they are used."""
+    pool_def, pool_state = nnx.split(model.pool)
+    if weights is None:
+        return (lambda i: nnx.merge(pool_def, jax.tree.map(lambda w: w[i], pool_state)),
+                model.router.step_weights)
+    return lambda i: nnx.merge(pool_def, weights.pool[i]), lambda t: weights.router[t]
+
+
+def _decode_grouped(model, token_B, cache: KVCache, weights: StepWeights | None):
+    """One token per sequence; at each step every pool layer runs on the tokens routed to it only
+    (dispatch.map_groups), attention once per token choice."""
+    b, p = token_B.shape[0], model.pool_size
+    pos_Bx1 = cache.length_B[:, None]
+    h_Bx1xD = model.embedder.encode(token_B[:, None], pos_Bx1)
+    h_Bx1xD, cache = _dense_blocks(model.prefix, h_Bx1xD, pos_Bx1, pos_Bx1, jnp.ones((b, 1), bool), cache)
+    layer, router_weights = _step_modules(model, weights)
+    blocks = [layer(i) for i in range(p)]
+    hist, carry = History.empty(b, 1, p), None
+    for t in range(model.steps):
+        logits_Bx1xR = model.router.apply(h_Bx1xD, router_weights(t))
+        choice_Bx1xK, gate_Bx1xK = decide_tokens(logits_Bx1xR, model.routing, t, hist,
+                                                 model.router.select_bias[t])
+        h_Bx1xD, cache, carry = _grouped_step(model, blocks, t, h_Bx1xD, pos_Bx1, cache, carry,
+                                              choice_Bx1xK[:, 0], gate_Bx1xK[:, 0])
+        hist = hist.update(choice_Bx1xK, choice_Bx1xK < p, p)
+    cache = cache.replace(length_B=cache.length_B + 1)
+    return model.embedder.decode(h_Bx1xD)[:, 0], cache
+
+
+def _grouped_step(model, blocks, t, h_Bx1xD, pos_Bx1, cache: KVCache, carry, choice_BxK, gate_BxK):
+    """Routing step t for one new token per sequence, what RadialLM.route_step computes with
+    capacity 1: each layer computes queries, keys and values of its entries (entry n = token
+    n // K's choice n % K); the slot gets each token's keys/values (averaged over its choices);
+    every entry's query attends to its sequence's slot; each layer finishes its entries; tokens
+    add their gated deltas."""
+    slot, p = model.prefix_layers + t, model.pool_size
+    b, k = choice_BxK.shape
+    n, dim = b * k, h_Bx1xD.shape[-1]
+    kept_BxK = choice_BxK < p
+    groups = dsp.group_by_layer(choice_BxK.reshape(n), p)
+    sizes = dsp.bucket_sizes(n, BUCKET_CLASSES)
+    x_NxD = jnp.repeat(h_Bx1xD[:, 0], k, axis=0)
+    pos_N = jnp.repeat(pos_Bx1[:, 0], k)
+
+    def qkv(i, x_CxD, pos_C):
+        return tuple(a[0] for a in blocks[i].qkv(x_CxD[None], pos_C[None]))
+
+    zeros = jax.tree.map(lambda a: jnp.zeros((n, *a.shape[2:]), a.dtype),
+                         jax.eval_shape(blocks[0].qkv, h_Bx1xD, pos_Bx1))
+    q_NxHxK, k_NxGxK, v_NxGxK = dsp.map_groups([lambda *a, i=i: qkv(i, *a) for i in range(p)], groups,
+                                               (x_NxD, pos_N), zeros, sizes)
+    # The slot: each token's keys/values averaged over its choices (skipped choices' rows are zeros).
+    n_B = kept_BxK.sum(-1)
+    scale_B = (1.0 / jnp.maximum(n_B, 1)).astype(k_NxGxK.dtype)[:, None, None, None]
+    k_Bx1xGxK = k_NxGxK.reshape(b, k, *k_NxGxK.shape[1:]).sum(1, keepdims=True) * scale_B
+    v_Bx1xGxK = v_NxGxK.reshape(b, k, *v_NxGxK.shape[1:]).sum(1, keepdims=True) * scale_B
+    k_Bx1xGxK, v_Bx1xGxK, kv_ok, carry = kv_slot(k_Bx1xGxK, v_Bx1xGxK, (n_B > 0)[:, None], carry,
+                                                 model.kv_skip)
+    cache = _write(cache, slot, pos_Bx1, k_Bx1xGxK, v_Bx1xGxK, kv_ok)
+    cache = _write_route(cache, t, pos_Bx1, jnp.where(kept_BxK, choice_BxK, p).min(-1, keepdims=True))
+    q_BxKxHxK = q_NxHxK.reshape(b, k, *q_NxHxK.shape[1:])
+    keys, values = (a.astype(q_BxKxHxK.dtype) for a in cache.slot(slot))
+    mask = _mask(cache.written_LxBxM[slot], jnp.broadcast_to(pos_Bx1, (b, k)))
+    o_NxHxK = grouped_attention(q_BxKxHxK, keys, values, mask).reshape(q_NxHxK.shape)
+
+    def finish(i, x_CxD, o_CxHxK):
+        return blocks[i].finish_heads(x_CxD[None], o_CxHxK[None])[0] - x_CxD
+
+    delta_NxD = dsp.map_groups([lambda *a, i=i: finish(i, *a) for i in range(p)], groups, (x_NxD, o_NxHxK),
+                               jnp.zeros((n, dim), h_Bx1xD.dtype), sizes)
+    delta_BxKxD = delta_NxD.reshape(b, k, dim) * (gate_BxK * kept_BxK)[..., None].astype(h_Bx1xD.dtype)
+    return h_Bx1xD + delta_BxKxD.sum(1, keepdims=True), cache, carry
+
+
 # --------------------------------------------------------------------------- batch-1 path
 
 
@@ -226,13 +316,7 @@ def _decode_one(model, token_1, cache: KVCache, weights: StepWeights | None):
     h_1x1xD = model.embedder.encode(token_1[:, None], pos_1x1)
     h_1x1xD, cache = _dense_blocks(model.prefix, h_1x1xD, pos_1x1, pos_1x1, jnp.ones((1, 1), bool),
                                    cache)
-    pool_def, pool_state = nnx.split(model.pool)
-    if weights is None:  # slices of the stacked arrays, taken inside the branch that uses them
-        layer = lambda i: nnx.merge(pool_def, jax.tree.map(lambda w: w[i], pool_state))
-        router_weights = model.router.step_weights
-    else:
-        layer = lambda i: nnx.merge(pool_def, weights.pool[i])
-        router_weights = lambda t: weights.router[t]
+    layer, router_weights = _step_modules(model, weights)
     hist, carry = History.empty(1, 1, p), None
     for t in range(model.steps):
         logits_1x1xR = model.router.apply(h_1x1xD, router_weights(t))

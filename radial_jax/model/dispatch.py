@@ -204,3 +204,67 @@ def combine(h_BxSxD: jax.Array, delta_BxPxCxD: jax.Array, d: Dispatch) -> jax.Ar
     Backward: identity for h; grad_delta[b, p, c] = ok * g[b, idx[b, p, c]], a gather.
     """
     return _combine(h_BxSxD, delta_BxPxCxD, d.idx_BxPxC, d.ok_BxPxC, d.slot_BxSxK, d.kept_BxSxK)
+
+
+# --------------------------------------------------------------------------- decoding: grouped by layer
+# Batched decoding has no capacity (nothing may be dropped) and few tokens, N = batch * K entries
+# per step. Each pool layer runs on its own entries only, in one bucket whose static size is the
+# smallest of `bucket_sizes` that holds them, picked at run time by lax.switch: a layer's cost
+# follows its load, and a layer no entry chose costs nothing.
+
+
+@struct.dataclass
+class Groups:
+    """N entries (token choices) grouped by pool layer: entries in layer order (ties by index), and
+    each layer's run in that order. Entries with layer P (skip) are in no group."""
+    order_N: jax.Array  # int32 entry indices sorted by layer
+    start_P: jax.Array  # int32 where each layer's run starts in order_N
+    count_P: jax.Array  # int32 entries per layer
+
+
+def group_by_layer(layer_N: jax.Array, pool_size: int) -> Groups:
+    """Group entries by their layer in [0, P] (P = skip: no group)."""
+    order_N = jnp.argsort(layer_N, stable=True).astype(jnp.int32)
+    count_P = (layer_N[None, :] == jnp.arange(pool_size, dtype=layer_N.dtype)[:, None]).sum(1)
+    count_P = count_P.astype(jnp.int32)
+    return Groups(order_N, jnp.cumsum(count_P) - count_P, count_P)
+
+
+def bucket_sizes(n: int, classes: int = 8) -> tuple[int, ...]:
+    """The static bucket sizes for groups of up to n entries: 0 (an empty group runs nothing) and
+    `classes` sizes evenly up to n (every size up to n when n <= classes), so a layer's bucket is at
+    most n / classes larger than its group, and n always fits."""
+    if n < 1 or classes < 1:
+        raise ValueError(f"bucket_sizes needs n >= 1 entries and classes >= 1, got {n} and {classes}")
+    return tuple(sorted({0, *(math.ceil(n * i / min(classes, n)) for i in range(1, min(classes, n) + 1))}))
+
+
+def map_groups(fns, groups: Groups, inputs_N: tuple, outputs_N, sizes: tuple[int, ...]):
+    """`outputs_N` with row n replaced by fns[p](row n of each of inputs_N) for every entry n of
+    layer p's group; rows of entries in no group are left as they are.
+
+    fns[p]: arrays [C, ...] (one per input) -> pytree shaped like outputs_N's rows, [C, ...]. Each
+    layer runs once, on a bucket of the smallest size in `sizes` (ascending, starting at 0, ending
+    at N) that holds its group; a bucket's spare rows compute on other entries' rows and are not
+    written. Not differentiable (decoding only)."""
+    n = groups.order_N.shape[0]
+    if sizes[0] != 0 or sizes[-1] != n or list(sizes) != sorted(sizes):
+        raise ValueError(f"bucket sizes must ascend from 0 to the {n} entries, got {sizes}")
+    order_pad = jnp.concatenate([groups.order_N, jnp.full((n,), n, jnp.int32)])  # n: out of range
+    sizes_J = jnp.asarray(sizes, jnp.int32)
+
+    def run(fn, start, count, c, outputs_N):
+        if c == 0:
+            return outputs_N
+        at_C = jax.lax.dynamic_slice(order_pad, (start,), (c,))
+        at_C = jnp.where(jnp.arange(c) < count, at_C, n)  # spare rows: written nowhere
+        rows = [x_N[jnp.minimum(at_C, n - 1)] for x_N in inputs_N]
+        return jax.tree.map(lambda o_N, y_C: o_N.at[at_C].set(y_C.astype(o_N.dtype), mode="drop"),
+                            outputs_N, fn(*rows))
+
+    for p, fn in enumerate(fns):
+        start, count = groups.start_P[p], groups.count_P[p]
+        branches = [lambda out, c=c, fn=fn, start=start, count=count: run(fn, start, count, c, out)
+                    for c in sizes]
+        outputs_N = jax.lax.switch(jnp.searchsorted(sizes_J, count), branches, outputs_N)
+    return outputs_N

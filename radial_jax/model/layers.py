@@ -162,6 +162,10 @@ class Attention(nnx.Module):
             o_BxSxHxK = grouped_attention(q_BxSxHxK, k, v, mask_Bx1xSxT, own_kv)
         else:
             o_BxSxHxK = jax.nn.dot_product_attention(q_BxSxHxK, k, v, mask=mask_Bx1xSxT)
+        return self.project(o_BxSxHxK)
+
+    def project(self, o_BxSxHxK: jax.Array) -> jax.Array:
+        """The heads' outputs projected back to width D (attention's only weights after q, k, v)."""
         out_BxSxD = jnp.einsum("bshk,hkd->bsd", o_BxSxHxK, self.wo[...].astype(self.dtype))
         return out_BxSxD if self.bo is None else out_BxSxD + self.bo[...].astype(self.dtype)
 
@@ -236,6 +240,12 @@ class Block(nnx.Module):
         ([B, T, G, K], or with from_cache the KV cache's layout, see Attention.attend)."""
         h = x_BxSxD + self.attn_delta(q_BxSxHxK, k, v, mask_Bx1xSxT, from_cache=from_cache,
                                       own_kv=own_kv).astype(x_BxSxD.dtype)
+        return h + self.mlp_delta(h).astype(h.dtype)
+
+    def finish_heads(self, x_BxSxD: jax.Array, o_BxSxHxK: jax.Array) -> jax.Array:
+        """`finish` from attention's heads outputs (layers.grouped_attention over keys/values this
+        block did not make: batched radial decoding attends once per token, outside the pool)."""
+        h = x_BxSxD + self.attn.project(o_BxSxHxK).astype(x_BxSxD.dtype)
         return h + self.mlp_delta(h).astype(h.dtype)
 
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):

@@ -115,22 +115,33 @@ def decide(router: Router, routing: RoutingConfig, h_BxSxD: jax.Array, t: int, h
     return Route(d, gate_BxPxC, choice_BxSxK, logits_BxSxR, probs_BxSxR, p_skip_BxS, layer)
 
 
-def decide_one(logits_1x1xR: jax.Array, routing: RoutingConfig, t: int, hist: History,
-               select_bias_P: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(choices [K] in [0, P], P = skip; gates [K]) of one token at step t, as `decide` decides
-    (batch-1 decoding: no dispatch, nothing dropped; the learned skip predictor decides skips)."""
+def decide_tokens(logits_BxSxR: jax.Array, routing: RoutingConfig, t: int, hist: History,
+                  select_bias_P: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(choices [B, S, K] in [0, P], P = skip; gates [B, S, K]) of real tokens at step t, as `decide`
+    decides them with nothing dropped (decoding: no dispatch plan; the learned skip predictor
+    decides skips). Top-1 token choice is elementwise over the tokens (`top1_choice`)."""
     r = routing
     rule = step_rule(r, t, inference=True)
-    allowed_1x1xP = allowed_layers(hist, r, t)
+    allowed_BxSxP = allowed_layers(hist, r, t)
     if rule.policy == "token_choice" and r.top_k == 1:
-        choice, prob = top1_choice(logits_1x1xR[0, 0], allowed_1x1xP[0, 0], select_bias_P, skip=rule.skip)
-        return choice[None], gate_value(prob, r.gate)[None]
-    valid_1x1 = jnp.ones((1, 1), bool)
-    masked_1x1xR, p_skip_1x1 = choice_logits(logits_1x1xR, allowed_1x1xP, valid_1x1, rule.skip)
-    dec = policy_choice(masked_1x1xR, rule.policy, t, valid_1x1, top_k=r.top_k, select_bias_P=select_bias_P,
-                        skip_prob_BxS=p_skip_1x1)
-    gate_K = dec.gate_BxSxK[0, 0]
-    return dec.choice_BxSxK[0, 0], gate_K if rule.policy == "fixed" else gate_value(gate_K, r.gate)
+        choice_BxS, prob_BxS = top1_choice(jnp.moveaxis(logits_BxSxR, -1, 0),
+                                           jnp.moveaxis(allowed_BxSxP, -1, 0), select_bias_P, skip=rule.skip)
+        shape = logits_BxSxR.shape[:2]
+        return (jnp.broadcast_to(choice_BxS, shape)[..., None],
+                jnp.broadcast_to(gate_value(prob_BxS, r.gate), shape)[..., None])
+    valid_BxS = jnp.ones(logits_BxSxR.shape[:2], bool)
+    masked_BxSxR, p_skip_BxS = choice_logits(logits_BxSxR, allowed_BxSxP, valid_BxS, rule.skip)
+    dec = policy_choice(masked_BxSxR, rule.policy, t, valid_BxS, top_k=r.top_k, select_bias_P=select_bias_P,
+                        skip_prob_BxS=p_skip_BxS)
+    gate_BxSxK = dec.gate_BxSxK
+    return dec.choice_BxSxK, gate_BxSxK if rule.policy == "fixed" else gate_value(gate_BxSxK, r.gate)
+
+
+def decide_one(logits_1x1xR: jax.Array, routing: RoutingConfig, t: int, hist: History,
+               select_bias_P: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(choices [K] in [0, P], P = skip; gates [K]) of one token at step t (`decide_tokens`)."""
+    choice_1x1xK, gate_1x1xK = decide_tokens(logits_1x1xR, routing, t, hist, select_bias_P)
+    return choice_1x1xK[0, 0], gate_1x1xK[0, 0]
 
 
 def shared_kv(k_PxBxCxGxK: jax.Array, v_PxBxCxGxK: jax.Array, d: dsp.Dispatch
