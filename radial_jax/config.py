@@ -88,6 +88,9 @@ class ModelConfig:
     pool_gather: Literal["once", "per_step"] = _f(
         "once", "radial: FSDP gathers the pool's weights once per train step (kept for the whole step) "
                 "or at every routing step (less memory, T times the collectives)")
+    scan_layers: bool = _f(
+        False, "run the dense blocks, the radial prefix blocks and the routing steps as scans: compile "
+               "time and program size stay flat in depth (same parameters, same results)")
 
 
 @dataclass(frozen=True)
@@ -459,6 +462,10 @@ def _check_cross_fields(cfg: Config) -> None:
         if r.schedule == "sequential" and cfg.mesh.pool > 1:
             raise ConfigError(f"routing.schedule=sequential runs one pool layer per step, which cannot be "
                               f"split over mesh.pool={cfg.mesh.pool} devices; set mesh.pool=1")
+        if r.schedule == "sequential" and m.scan_layers:
+            raise ConfigError("model.scan_layers=true runs every routing step as the same program, but "
+                              "routing.schedule=sequential gives each step its own layer (and route_every "
+                              "its own rule); set model.scan_layers=false")
         if r.policy == "fixed" and m.steps > m.pool_size:
             raise ConfigError(f"routing.policy=fixed maps step t to layer t, so model.steps={m.steps} "
                               f"must be <= model.pool_size={m.pool_size}")

@@ -78,7 +78,8 @@ def scheduled_layer(routing: RoutingConfig, t: int, pool_size: int) -> int | Non
 
 def routed_step(routing: RoutingConfig, t: int) -> bool:
     """Whether the router decides step t (`route_every: k`: steps k-1, 2k-1, ...)."""
-    return t % routing.route_every == routing.route_every - 1
+    # route_every 1 answers without t, which is traced when the steps run as a scan.
+    return routing.route_every == 1 or t % routing.route_every == routing.route_every - 1
 
 
 class StepRule(NamedTuple):

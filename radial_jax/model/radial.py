@@ -27,11 +27,12 @@ from jax.sharding import PartitionSpec
 
 from radial_jax.config import RouterConfig, RoutingConfig
 from radial_jax.model import dispatch as dsp
+from radial_jax.model.block_stack import run_blocks
 from radial_jax.model.embed import Embedder
-from radial_jax.model.layers import Block, apply_block, attention_mask
+from radial_jax.model.layers import Block, attention_mask
 from radial_jax.model.outputs import ModelAux
 from radial_jax.model.policy import History
-from radial_jax.model.route_stats import RouteStats
+from radial_jax.model.route_stats import stack_rows, step_stats, summarize
 from radial_jax.model.router import Router
 from radial_jax.model.routing import (
     Route,
@@ -54,11 +55,14 @@ class RadialLM(nnx.Module):
                  capacity_factor: float, kv_skip: str, router: RouterConfig, routing: RoutingConfig,
                  tie_embeddings: bool, init_std: float, norm_eps: float, dtype, block_kwargs: dict,
                  rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: bool = False,
-                 pool_gather: str = "once"):
+                 pool_gather: str = "once", scan_layers: bool = False):
         """`remat`: recompute the prefix blocks' and pool layers' activations in the backward pass.
-        `pool_gather`: `once` per forward pass (see `gathered_pool`) or `per_step` (at each use)."""
+        `pool_gather`: `once` per forward pass (see `gathered_pool`) or `per_step` (at each use).
+        `scan_layers`: run the prefix blocks and the T routing steps as scans, so the compiled
+        forward pass holds one block and one routing step whatever the depth."""
         d_model = block_kwargs["d_model"]
         self.remat, self.pool_gather, self.dtype = remat, pool_gather, dtype
+        self.scan_layers = scan_layers
         n_res = prefix_layers + pool_size
         self.pool_size, self.steps, self.prefix_layers = pool_size, steps, prefix_layers
         self.capacity_factor, self.kv_skip = capacity_factor, kv_skip
@@ -175,21 +179,39 @@ class RadialLM(nnx.Module):
         valid_BxS = seg_BxS != 0
         h_BxSxD = shard(self.embedder.encode(tokens_BxS, pos_BxS), BSD)
         dense_mask = attention_mask(seg_BxS, idx_BxS, seg_BxS, idx_BxS)
-        run = apply_block(self.remat)
-        for block in self.prefix:
-            h_BxSxD = shard(run(block, h_BxSxD, pos_BxS, dense_mask), BSD)
+        h_BxSxD = run_blocks(self.prefix, h_BxSxD, pos_BxS, dense_mask, remat=self.remat,
+                             scan=self.scan_layers)
+        pool = self.gathered_pool()  # once, outside the loop or scan: every step closes over it
 
-        state = StepState(h_BxSxD, History.empty(b, s, self.pool_size), None, SequenceKV(seg_BxS, idx_BxS))
-        stats = RouteStats(self.pool_size)
-        trace = []
-        pool = self.gathered_pool()
-        for t in range(self.steps):
+        def step(state: StepState, t):
+            """Routing step t, and what the forward pass keeps of it: its stats row and its trace."""
             state, route = self.route_step(state, t, pos_BxS=pos_BxS, valid_BxS=valid_BxS, capacity=cap,
                                            inference=inference, pool=pool)
-            stats.add(route, valid_BxS, per_token_choice=self.routing.policy != "expert_choice",
-                      skip_target=not inference)
+            row = step_stats(route, valid_BxS, per_token_choice=self.routing.policy != "expert_choice",
+                             skip_target=not inference)
+            return state, (row, route.layer_BxS if return_trace else None)
+
+        hist = History.empty(b, s, self.pool_size)
+        kv = SequenceKV(seg_BxS, idx_BxS)
+        if self.scan_layers:  # t traced; the carry keeps one structure from the first step on
+            state = StepState(h_BxSxD, hist, self._empty_kv_carry(b, s), kv)
+            state, (rows, trace_TxBxS) = jax.lax.scan(step, state, jnp.arange(self.steps, dtype=jnp.int32))
+        else:
+            state, kept = StepState(h_BxSxD, hist, None, kv), []
+            for t in range(self.steps):
+                state, out = step(state, t)
+                kept.append(out)
+            rows, trace_TxBxS = stack_rows([row for row, _ in kept]), None
             if return_trace:
-                trace.append(route.layer_BxS)
-        metrics, losses = stats.finish(self.routing, self.prefix_layers, self.router.select_bias[...])
-        return self.embedder.decode(state.h_BxSxD), ModelAux(
-            metrics, losses, jnp.stack(trace) if return_trace else None)
+                trace_TxBxS = jnp.stack([trace for _, trace in kept])
+        metrics, losses = summarize(rows, self.routing, self.prefix_layers, self.router.select_bias[...])
+        return self.embedder.decode(state.h_BxSxD), ModelAux(metrics, losses, trace_TxBxS)
+
+    def _empty_kv_carry(self, b: int, s: int) -> tuple | None:
+        """`kv_skip: carry`'s starting carry (no position has keys/values yet) in the layout kv_slot
+        returns, so a scan's carry has one structure at every step; None otherwise."""
+        if self.kv_skip != "carry":
+            return None
+        _, _, g, k = self.pool.attn.wk.shape
+        z_BxSxGxK = jnp.zeros((b, s, g, k), self.dtype)
+        return z_BxSxGxK, z_BxSxGxK, jnp.zeros((b, s), bool)
