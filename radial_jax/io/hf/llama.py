@@ -6,18 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from radial_jax.config import Config
-from radial_jax.io.hf.common import (
-    HFError,
-    Weights,
-    attention_rules,
-    config_values,
-    head_rules,
-    linear_rules,
-    misfits,
-    need,
-    norm_rules,
-    rope_theta,
-)
+from radial_jax.io.hf import common as hf
 from radial_jax.io.hf.table import KeyMap, Rule, load_keys, load_tensors, save_keys, save_tensors
 
 FIXED = {"norm": "rms", "mlp": "swiglu", "positions": "rope"}
@@ -29,26 +18,28 @@ MLP = (("mlp.gate_proj", "mlp.gate"), ("mlp.up_proj", "mlp.up"), ("mlp.down_proj
 
 def rules(m: dict) -> list[Rule]:
     """HF names (model. prefix dropped) <-> ours, for a model with `m`'s sizes and options."""
-    out = head_rules(m, "embed_tokens.weight", "norm")
+    out = hf.head_rules(m, "embed_tokens.weight", "norm")
     for i in range(m["n_layers"]):
         s, o = f"layers.{i}.", f"blocks.{i}."
-        out += [*norm_rules(m, s + "input_layernorm", o + "attn_norm"),
-                *norm_rules(m, s + "post_attention_layernorm", o + "mlp_norm"),
-                *attention_rules(m, s + "self_attn.", o + "attn."),
-                *linear_rules(tuple((s + t, o + x) for t, x in MLP), m["mlp_bias"])]
+        out += [*hf.norm_rules(m, s + "input_layernorm", o + "attn_norm"),
+                *hf.norm_rules(m, s + "post_attention_layernorm", o + "mlp_norm"),
+                *hf.attention_rules(m, s + "self_attn.", o + "attn."),
+                *hf.linear_rules(tuple((s + t, o + x) for t, x in MLP), m["mlp_bias"])]
     return out
 
 
-def from_llama(doc: dict, w: Weights, where: str) -> tuple[dict, dict]:
+def from_llama(doc: dict, w: hf.Weights, where: str) -> tuple[dict, dict]:
     """Llama, Mistral, Qwen2: RMSNorm, RoPE, SwiGLU, grouped-query attention."""
     if doc.get("hidden_act", "silu") != "silu":
-        raise HFError(f"{where}: hidden_act={doc.get('hidden_act')!r} is not supported (SwiGLU needs silu)")
-    need(doc, "pretraining_tp", lambda v: v == 1, where, "tensor-parallel slices must be merged")
+        raise hf.HFError(f"{where}: hidden_act={doc.get('hidden_act')!r} is not supported "
+                         "(SwiGLU needs silu)")
+    hf.need(doc, "pretraining_tp", lambda v: v == 1, where, "tensor-parallel slices must be merged")
     raw = load_keys(KEYS, doc, where)
     m = raw["model"]
     qwen, attn_bias = doc["model_type"] == "qwen2", bool(doc.get("attention_bias", False))
     m.update(FIXED, n_kv_heads=doc.get("num_key_value_heads") or m["n_heads"],
-             head_dim=doc.get("head_dim") or m["d_model"] // m["n_heads"], rope_theta=rope_theta(doc, where),
+             head_dim=doc.get("head_dim") or m["d_model"] // m["n_heads"],
+             rope_theta=hf.rope_theta(doc, where),
              qkv_bias=qwen or attn_bias, out_bias=attn_bias and not qwen,
              mlp_bias=bool(doc.get("mlp_bias", False)),
              tie_embeddings=not w.has("lm_head.weight") or bool(doc.get("tie_word_embeddings")))
@@ -61,8 +52,8 @@ def llama_misfits(cfg: Config) -> list[str]:
     """Our options that neither Llama nor (q/k/v biases alone) Qwen2 can hold."""
     m = cfg.model
     if m.qkv_bias == m.out_bias or (m.qkv_bias and not m.mlp_bias):
-        return misfits(m, FIXED)
-    return [*misfits(m, FIXED), f"model.qkv_bias={m.qkv_bias!r} with model.out_bias={m.out_bias!r} and "
+        return hf.misfits(m, FIXED)
+    return [*hf.misfits(m, FIXED), f"model.qkv_bias={m.qkv_bias!r} with model.out_bias={m.out_bias!r} and "
             f"model.mlp_bias={m.mlp_bias!r} (Llama's attention_bias is q/k/v and out together; Qwen2 "
             "has q/k/v biases only)"]
 
@@ -70,7 +61,7 @@ def llama_misfits(cfg: Config) -> list[str]:
 def to_llama(cfg: Config, flat: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, tensors with HF names) of a dense model as Llama, or as Qwen2 where only the
     q/k/v projections have biases."""
-    m, values = cfg.model, config_values(cfg)
+    m, values = cfg.model, hf.config_values(cfg)
     qwen = m.qkv_bias and not m.out_bias
     config = {
         "architectures": ["Qwen2ForCausalLM" if qwen else "LlamaForCausalLM"],

@@ -6,20 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from radial_jax.config import Config
-from radial_jax.io.hf.common import (
-    ACT_NAMES,
-    HFError,
-    Weights,
-    act,
-    attention_rules,
-    config_values,
-    head_rules,
-    linear_rules,
-    misfits,
-    need,
-    norm_rules,
-    plain_misfits,
-)
+from radial_jax.io.hf import common as hf
 from radial_jax.io.hf.table import (
     KeyMap,
     Rule,
@@ -40,28 +27,29 @@ NORMS = ("self_attn_layer_norm", "final_layer_norm")
 
 def rules(m: dict) -> list[Rule]:
     """HF names (model.decoder. prefix dropped) <-> ours, for a model with `m`'s sizes and options."""
-    out = [*head_rules(m, "embed_tokens.weight", "final_layer_norm"),
+    out = [*hf.head_rules(m, "embed_tokens.weight", "final_layer_norm"),
            rule("embed_positions.weight", "embedder.pos_embedding", offset_rows(2))]
     for i in range(m["n_layers"]):
         s, o = f"layers.{i}.", f"blocks.{i}."
-        out += [*norm_rules(m, s + NORMS[0], o + "attn_norm"), *norm_rules(m, s + NORMS[1], o + "mlp_norm"),
-                *attention_rules(m, s + "self_attn.", o + "attn.", out="out_proj"),
-                *linear_rules(((s + "fc1", o + "mlp.up"), (s + "fc2", o + "mlp.down")), m["mlp_bias"])]
+        out += [*hf.norm_rules(m, s + NORMS[0], o + "attn_norm"),
+                *hf.norm_rules(m, s + NORMS[1], o + "mlp_norm"),
+                *hf.attention_rules(m, s + "self_attn.", o + "attn.", out="out_proj"),
+                *hf.linear_rules(((s + "fc1", o + "mlp.up"), (s + "fc2", o + "mlp.down")), m["mlp_bias"])]
     return out
 
 
-def from_opt(doc: dict, w: Weights, where: str) -> tuple[dict, dict]:
+def from_opt(doc: dict, w: hf.Weights, where: str) -> tuple[dict, dict]:
     """OPT as our dense model; LayerNorms without affine parameters load as scale 1, bias 0."""
-    need(doc, "do_layer_norm_before", bool, where, "post-LayerNorm OPT (opt-350m)")
-    need(doc, "_remove_final_layer_norm", lambda v: not v, where, "OPT without a final LayerNorm")
+    hf.need(doc, "do_layer_norm_before", bool, where, "post-LayerNorm OPT (opt-350m)")
+    hf.need(doc, "_remove_final_layer_norm", lambda v: not v, where, "OPT without a final LayerNorm")
     raw = load_keys(KEYS, doc, where)
     m = raw["model"]
     d, h = m["d_model"], m["n_heads"]
     if doc.get("word_embed_proj_dim", d) != d:
-        raise HFError(f"{where}: word_embed_proj_dim={doc['word_embed_proj_dim']} != hidden_size={d} "
+        raise hf.HFError(f"{where}: word_embed_proj_dim={doc['word_embed_proj_dim']} != hidden_size={d} "
                       "(project_in/project_out) is not supported")
     bias = bool(doc.get("enable_bias", True))
-    m.update(FIXED, n_kv_heads=h, head_dim=d // h, mlp=act(doc, "activation_function", where),
+    m.update(FIXED, n_kv_heads=h, head_dim=d // h, mlp=hf.act(doc, "activation_function", where),
              qkv_bias=bias, out_bias=bias, mlp_bias=bias,
              tie_embeddings=not w.has("lm_head.weight") or bool(doc.get("tie_word_embeddings", True)))
     if m["tie_embeddings"]:
@@ -82,14 +70,14 @@ def opt_misfits(cfg: Config) -> list[str]:
     m = cfg.model
     bias = [] if m.qkv_bias == m.out_bias == m.mlp_bias else [
         f"model.qkv_bias/out_bias/mlp_bias={m.qkv_bias}/{m.out_bias}/{m.mlp_bias} (needs all equal)"]
-    return misfits(m, FIXED) + bias + plain_misfits(m)
+    return hf.misfits(m, FIXED) + bias + hf.plain_misfits(m)
 
 
 def to_opt(cfg: Config, flat: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, tensors with HF names) of a dense model as OPTForCausalLM."""
-    m, values = cfg.model, config_values(cfg)
+    m, values = cfg.model, hf.config_values(cfg)
     config = {"architectures": ["OPTForCausalLM"], "model_type": "opt", **save_keys(KEYS, values),
-              "word_embed_proj_dim": m.d_model, "activation_function": ACT_NAMES[m.mlp],
+              "word_embed_proj_dim": m.d_model, "activation_function": hf.ACT_NAMES[m.mlp],
               "enable_bias": m.qkv_bias, "do_layer_norm_before": True, "_remove_final_layer_norm": False,
               "layer_norm_elementwise_affine": True, "tie_word_embeddings": m.tie_embeddings,
               "init_std": m.init_std}
