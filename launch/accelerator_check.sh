@@ -59,6 +59,7 @@ if [ "$DRY" = 1 ]; then
   declare -A PAIR=([tiny]="configs/tiny.yaml configs/radial_tiny.yaml")
   TRAIN_ARGS=(--steps 2)
   DECODE_ARGS=(--windows 1)
+  DECODE_BATCHES=(1 8)
   COMPILE_CONFIGS=(configs/tiny.yaml configs/radial_tiny.yaml)
   COMPILE_ARGS=("${TINY[@]}")
   TOPOLOGY=cpu:2
@@ -69,6 +70,7 @@ else
                    [350m]="configs/accel/dense_350m.yaml configs/accel/radial_350m.yaml")
   TRAIN_ARGS=(--steps 25)
   DECODE_ARGS=(--windows 5)
+  DECODE_BATCHES=(1 8 32)
   COMPILE_CONFIGS=(configs/dense_1b.yaml configs/radial_1b.yaml)
   TOPOLOGY=local
   DEVICES=$("$PYTHON" -c "import jax; print(jax.device_count())")
@@ -96,7 +98,9 @@ for size in "${SIZES[@]}"; do
 done
 read -r -a configs <<< "${PAIR[${SIZES[0]}]}"
 BATCHES=()  # batch 32 too, where this version of `radial bench decode` takes --batch-sizes
-if "${RADIAL[@]}" bench --help 2>/dev/null | grep -q -- --batch-sizes; then BATCHES=(--batch-sizes 1 8 32); fi
+if "${RADIAL[@]}" bench --help 2>/dev/null | grep -q -- --batch-sizes; then
+  BATCHES=(--batch-sizes "${DECODE_BATCHES[@]}")
+fi
 stage decode "${RADIAL[@]}" bench decode --configs "${configs[1]}" "${configs[0]}" "${TINY[@]}" \
   "${BATCHES[@]}" --no-transformers "${DECODE_ARGS[@]}" --out "$OUT/decode.json"
 for config in "${COMPILE_CONFIGS[@]}"; do

@@ -1,6 +1,6 @@
 """launch/accelerator_check.sh --dry-run: every stage of the first-minutes check (bench train, bench
-decode at batch 1/8/32, compile of a dense/radial pair) on the CPU with tiny stand-ins, summed up in
-one table and summary.json."""
+decode at batch 1 and 8 (and 32 on an accelerator), compile of a dense/radial pair) on the CPU with
+tiny stand-ins, summed up in one table and summary.json."""
 
 import json
 import os
@@ -24,7 +24,7 @@ def test_dry_run_writes_the_table_and_json(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert {r["kind"] for r in s["train"]} == {"dense", "radial"}
     assert all(r["step_ms"] > 0 and r["mfu"] is None for r in s["train"])  # a CPU has no peak in the table
-    assert [r["batch"] for r in s["decode"]][:2] == [1, 8]  # and 32 where bench decode takes --batch-sizes
+    assert [r["batch"] for r in s["decode"]] == [1, 8]
     assert all(r["ratio"] > 0 for r in s["decode"])
     assert sorted(r["kind"] for r in s["compile"]) == ["dense", "radial"]
     assert all(r["devices"] == 2 and r["compiled_tflop"] > 0 for r in s["compile"])

@@ -74,11 +74,11 @@ def test_quickstart_ends_with_loss_depth_heatmap_tensorboard_and_generate(tmp_pa
 
 @pytest.mark.slow
 def test_quickstart_model_learns_on_a_short_schedule(tmp_path, corpus_cache):
-    """The quickstart's own model and batch for 100 steps instead of 600. A byte-unigram model scores
-    3.25 nats/byte on this corpus; this run reaches 2.23 (600 steps: 1.41)."""
+    """The quickstart's own model and batch for 60 steps instead of 600. A byte-unigram model scores
+    3.25 nats/byte on this corpus; this run reaches about 2.47 (100 steps: 2.23, 600: 1.41)."""
     run_dir = tmp_path / "radial_tiny"
-    _quickstart(run_dir, corpus_cache, "train.steps=100", "train.eval_every=100",
-                "train.checkpoint_every=100", "train.eval_batches=4", optimised=True)
+    _quickstart(run_dir, corpus_cache, "train.steps=60", "train.eval_every=60",
+                "train.checkpoint_every=60", "train.eval_batches=4", optimised=True)
     last = _last_eval(run_dir)
-    assert last["step"] == 100
-    assert last["eval/loss"] < 2.45, last
+    assert last["step"] == 60
+    assert last["eval/loss"] < 2.75, last
