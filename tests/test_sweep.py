@@ -1,5 +1,6 @@
-"""Sweeps and reports: sweep file validation, isoFLOP step arithmetic, resuming an interrupted
-sweep, and `radial report` numbers checked against the runs' own metrics."""
+"""Sweeps and reports: sweep file validation, isoFLOP step arithmetic, seeds and families, resuming
+an interrupted sweep, arm times over attempts, and `radial report` numbers checked against the runs'
+own metrics (and, over seeds, against run dirs written here without training)."""
 
 import contextlib
 import csv
@@ -16,8 +17,10 @@ import pytest
 from radial_jax.cli import main
 from radial_jax.config import load_config
 from radial_jax.model.flops import flops_per_token
-from radial_jax.sweep.report import ReportError, write_report
-from radial_jax.sweep.run import DONE, run_sweep
+from radial_jax.sweep import run as sweep_run
+from radial_jax.sweep.aggregate import aggregate, frontier
+from radial_jax.sweep.report import ReportError, arm_dirs, read_arm, write_report
+from radial_jax.sweep.run import DONE, SPENT, run_sweep, train_timed, write_manifest
 from radial_jax.sweep.spec import SweepError, load_sweep, step_flops
 from radial_jax.train.loop import train
 from radial_jax.train.metrics import read_metrics
@@ -90,7 +93,7 @@ def test_types_and_ranges_are_checked_as_in_a_config(tmp_path):
         ": arms[0].set=[1] must be a mapping")
     assert error(tmp_path, "arms: {name: a}\n").endswith(": arms={'name': 'a'} must be a list")
     assert error(tmp_path, "arms:\n  - a\n").endswith(
-        ": arms[0]='a' must be a mapping with keys name, config, set")
+        ": arms[0]='a' must be a mapping with keys name, config, set, seeds, family")
 
 
 def test_bad_override_key_names_the_arm(tmp_path):
@@ -155,6 +158,139 @@ def test_token_budget_and_grid_names(tmp_path):
     assert {a.steps for a in arms} == {10}  # 1280 tokens / (4 x 32): equal tokens, whatever the FLOPs
 
 
+def test_seeds_expand_to_named_arms(tmp_path):
+    path = sweep_file(tmp_path, "seeds: [0, 1]\narms:\n  - name: dense\n  - name: radial\n"
+                                "    family: routed\n    seeds: [7]\n    set: " + json.dumps(RADIAL) + "\n"
+                                "budget:\n  tokens: [1280, 2560]\n")
+    arms = load_sweep(path).arms
+    # seed by seed: a sweep stopped after the first pass has every arm and budget once
+    assert [a.name for a in arms] == ["dense_s0_b1", "dense_s0_b2", "dense_s1_b1", "dense_s1_b2",
+                                      "radial_s7_b1", "radial_s7_b2"]
+    for arm in arms:
+        seed = int(re.search(r"_s(\d+)_", arm.name).group(1))
+        assert arm.seed == seed and arm.group == arm.name.split("_s")[0]
+        assert arm.family == {"dense": "dense", "radial": "routed"}[arm.group]
+        assert f"run.seed={seed}" in arm.overrides and f"data.shuffle_seed={seed}" in arm.overrides
+        cfg = arm.load(tmp_path / "out")
+        assert cfg.run.seed == seed and cfg.data.shuffle_seed == seed
+        assert cfg.model.kind == ("radial" if arm.group == "radial" else "dense")
+        assert arm.steps == {"b1": 10, "b2": 20}[arm.name[-2:]]
+    unseeded = load_sweep(sweep_file(tmp_path, "arms:\n  - name: a\n  - name: b\n    seeds: 3\n")).arms
+    assert [(a.name, a.seed, a.group, a.family) for a in unseeded] == [("a", None, "a", "a"),
+                                                                       ("b_s3", 3, "b", "b")]
+    assert "run.seed" not in " ".join(unseeded[0].overrides)
+
+
+def test_seed_errors(tmp_path):
+    assert "run.seed cannot be set in a sweep with seeds:" in error(
+        tmp_path, "seeds: [0, 1]\nset: {run.seed: 4}\n")
+    assert "data.shuffle_seed cannot be set" in error(
+        tmp_path, "arms:\n  - name: a\n    seeds: [1]\n    set: {data.shuffle_seed: 2}\n")
+    assert error(tmp_path, "seeds: [0, -1]\n").endswith(": seeds[1]=-1 is out of range; it must be >= 0")
+    assert "seeds is an empty list" in error(tmp_path, "seeds: []\n")
+    assert "seeds=[1, 1] repeats a seed" in error(tmp_path, "arms:\n  - name: a\n    seeds: [1, 1]\n")
+    msg = error(tmp_path, "arms:\n  - name: a\n    family: a b\n")
+    assert "family='a b' must be a folder-safe name" in msg
+
+
+def test_arm_time_adds_up_over_attempts(tmp_path, monkeypatch):
+    clock = iter([100.0, 130.5, 200.0, 210.0])  # attempt 1: 30.5 s, then stopped; attempt 2: 10 s
+    monkeypatch.setattr(sweep_run.time, "perf_counter", lambda: next(clock))
+    run_dir = tmp_path / "arm"
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_timed(run_dir, 5, stopped)
+    assert json.loads((run_dir / SPENT).read_text()) == {"seconds": 30.5, "attempts": 1}
+    assert not (run_dir / DONE).exists()
+    last, seconds = train_timed(run_dir, 5, lambda: {"eval/loss": 1.0})
+    done = json.loads((run_dir / DONE).read_text())
+    assert seconds == 40.5 and last == {"eval/loss": 1.0}
+    assert done["steps"] == 5 and done["seconds"] == 40.5 and done["attempts"] == 2
+    assert done["machine"]["cpus"] >= 1 and done["machine"]["platform"]
+
+
+def fake_arm(run_dir: Path, cfg, losses: list[float], seconds: float) -> None:
+    """A finished arm without training: its config, one eval row per loss (the last is final),
+    a step time, and a done marker with its wall seconds."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    steps = cfg.train.steps
+    rows = [{"step": i + 1, "train/loss": 3.0, "perf/step_time_s": 0.5} for i in range(steps)]
+    rows += [{"step": steps * (i + 1) // len(losses), "eval/loss": x, "eval/bits_per_byte": x / 0.69}
+             for i, x in enumerate(losses)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / DONE).write_text(json.dumps({"steps": steps, "seconds": seconds, "machine": {
+        "cpus": 2, "platform": "TestOS-1", "backend": "cpu"}}))
+
+
+def test_report_over_seeds_and_families(tmp_path):
+    # Two families at two sizes (width 32 and 64), two budgets, seeds 0 and 1 at the small size.
+    path = sweep_file(tmp_path, "seeds: [0, 1]\narms:\n"
+                                "  - {name: a_s, family: a}\n"
+                                "  - {name: a_l, family: a, seeds: [0], set: {model.d_model: 64}}\n"
+                                "  - {name: b_s, family: b}\n"
+                                "budget:\n  train_flops: [3.0e+10, 9.0e+10]\n")
+    sweep, out = load_sweep(path), tmp_path / "out"
+    write_manifest(sweep, out)
+    loss = {  # final eval loss per arm; earlier evals are higher
+        "a_s_s0_b1": 2.0, "a_s_s1_b1": 2.2, "a_s_s0_b2": 1.8, "a_s_s1_b2": 1.9,
+        "a_l_s0_b1": 2.5, "a_l_s0_b2": 1.7,
+        "b_s_s0_b1": 1.95, "b_s_s1_b1": 1.97, "b_s_s0_b2": 1.85, "b_s_s1_b2": 1.87}
+    for i, arm in enumerate(sweep.arms):
+        fake_arm(out / arm.name, arm.load(out), [3.0, loss[arm.name]], seconds=60.0 * (i + 1))
+    secs = {a.name: 60.0 * (i + 1) for i, a in enumerate(sweep.arms)}
+    results = [read_arm(d, info) for d, info in arm_dirs(out)]
+    assert [r.name for r in results] == [a.name for a in sweep.arms]
+    stats = {(s.group, s.budget_label): s for s in aggregate(results)}
+    assert list(stats) == [("a_s", "b1"), ("a_s", "b2"), ("a_l", "b1"), ("a_l", "b2"), ("b_s", "b1"),
+                           ("b_s", "b2")]
+    s = stats["a_s", "b1"]
+    assert (s.n, s.seeds, s.family, s.budget) == (2, (0, 1), "a", 3.0e10)
+    assert s.eval_loss_mean == pytest.approx(2.1) and (s.eval_loss_min, s.eval_loss_max) == (2.0, 2.2)
+    assert s.seconds_total == secs["a_s_s0_b1"] + secs["a_s_s1_b1"]
+    assert s.seconds_mean == pytest.approx(s.seconds_total / 2)
+    assert stats["a_l", "b2"].n == 1 and stats["a_l", "b2"].eval_loss_mean == 1.7
+    assert 2.0e10 < s.training_flops <= 3.0e10  # floor(budget / step) steps
+    # the frontier: family a is best at its small size at b1 and its large one at b2
+    front = {(p.family, p.budget_label): p for p in frontier(list(stats.values()))}
+    assert list(front) == [("a", "b1"), ("a", "b2"), ("b", "b1"), ("b", "b2")]
+    assert front["a", "b1"].best.group == "a_s" and [o.group for o in front["a", "b1"].others] == ["a_l"]
+    assert front["a", "b2"].best.group == "a_l" and front["b", "b2"].best.group == "b_s"
+
+    paths = write_report(out)
+    for key in ("frontier", "inference", "isoflop"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "Arms trained on: TestOS-1, 2 CPUs, cpu backend." in md and "Written 20" in md
+    assert f"10 of 10 arms timed, {sum(secs.values()) / 3600:.2f} h in all" in md
+    row = next(x for x in md.splitlines() if x.startswith("| a_s_b1 |"))
+    assert "| 2.1000 (2.0000-2.2000, n=2) |" in row and "| 0, 1 |" in row
+    both = secs["a_s_s0_b1"] + secs["a_s_s1_b1"]
+    assert f"| {both / 120:.1f} / {both / 60:.1f} |" in row  # arm time (min): mean / total
+    front_md = md.split("## isoFLOP frontier per family")[1]
+    line = next(x for x in front_md.splitlines() if x.startswith("| a | 9e+10 |"))
+    assert "| 1.7000 | a_l |" in line and "| a_s 1.8500 |" in line
+    assert "- budget 9e+10: lowest mean eval loss a_l_b2 (1.7000 at 9e+10 training FLOPs" in md
+    arm_line = next(x for x in md.splitlines() if x.startswith("| a_s_s1_b2 |"))
+    assert f"| {secs['a_s_s1_b2'] / 60:.1f} |" in arm_line  # the per-arm table keeps every run
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [(r["name"], r["seed"], r["family"]) for r in rows][:3] == [
+        ("a_s_s0_b1", "0", "a"), ("a_s_s0_b2", "0", "a"), ("a_l_s0_b1", "0", "a")]
+
+
+def test_report_reads_seeds_from_names_without_a_manifest(tmp_path):
+    cfg = load_config(None, TINY)
+    for name, x in [("m_s0_b1", 2.0), ("m_s1_b1", 2.4), ("m_s0_b2", 1.5)]:
+        fake_arm(tmp_path / name, cfg, [x], seconds=30.0)
+    stats = aggregate([read_arm(d, i) for d, i in arm_dirs(tmp_path)])
+    assert [(s.group, s.budget_label, s.n, s.seeds) for s in stats] == [("m", "b1", 2, (0, 1)),
+                                                                        ("m", "b2", 1, (0,))]
+    assert stats[0].eval_loss_mean == pytest.approx(2.2)
+
+
 def test_shipped_sweeps_validate():
     iso = {a.name: a for a in load_sweep(SWEEPS / "isoflop_tiny.yaml").arms}
     assert set(iso) == {"dense_b1", "dense_b2", "radial_b1", "radial_b2"}
@@ -169,6 +305,30 @@ def test_shipped_sweeps_validate():
     assert cfgs["expert_choice"].routing.policy == "expert_choice"
     assert cfgs["kv_skip_carry"].model.kv_skip == "carry"
     assert cfgs["baseline"].model.capacity_factor == 0.5
+
+
+def test_baselines_isoflop_sweep_sizes():
+    arms = load_sweep(SWEEPS / "baselines_isoflop.yaml").arms
+    families = ("dense", "radial", "mod", "mor")
+    assert len(arms) == 4 * 2 * (2 + 1)  # families x budgets x (2 seeds small + 1 large)
+    assert {a.family for a in arms} == set(families)
+    for f in families:
+        mine = [a for a in arms if a.family == f]
+        assert {a.group for a in mine} == {f"{f}_s", f"{f}_l"}
+        assert {a.seed for a in mine if a.group == f"{f}_s"} == {0, 1}
+        assert {a.seed for a in mine if a.group == f"{f}_l"} == {0}
+    assert {a.budget for a in arms} == {3.0e13, 1.2e14}
+    assert [a.seed for a in arms] == sorted(a.seed for a in arms)  # every seed-0 arm first
+    cfgs = {a.name: a.load("/tmp/x") for a in arms}
+    small, large = cfgs["dense_s_s0_b1"], cfgs["dense_l_s0_b1"]
+    assert (small.model.d_model, large.model.d_model) == (256, 512)
+    assert 3.3 < flops_per_token(large).train / flops_per_token(small).train < 4.0
+    assert cfgs["radial_s_s0_b1"].routing.skip == "learned"
+    assert cfgs["mod_l_s0_b2"].routing.route_every == 2 and cfgs["mor_l_s0_b2"].routing.early_exit
+    spent = sum(step_flops(cfgs[a.name]) * a.steps for a in arms)
+    assert 1.7e15 < spent <= 1.8e15  # the file's header sizes ~6.5 h from this at ~8e10 FLOP/s
+    for a in arms:
+        assert cfgs[a.name].train.steps // cfgs[a.name].train.eval_every >= 3
 
 
 def test_dry_run_and_emit(tmp_path, capsys):
@@ -243,8 +403,9 @@ def test_interrupted_sweep_skips_finished_arms_and_resumes(sweep_runs):
     steps = [r["step"] for r in read_metrics(out / "radial") if "train/loss" in r]
     assert steps == [1, 2, 3]  # step 1 from the first attempt, 2-3 after the resume, none twice
     assert status2 == {"dense": "skipped", "radial": "skipped"} and calls2 == []
-    for arm in ("dense", "radial"):
-        assert json.loads((out / arm / DONE).read_text())["steps"] == 3
+    for arm, attempts in (("dense", 1), ("radial", 2)):
+        done = json.loads((out / arm / DONE).read_text())
+        assert done["steps"] == 3 and done["attempts"] == attempts and done["seconds"] > 0
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
-"""PNG plots of a sweep report: the isoFLOP picture, loss against inference cost, routing per arm.
+"""PNG plots of a sweep report: the isoFLOP picture (per arm, and per family over seeds), loss
+against inference cost, routing per arm.
 
-Arms of one group (the same model at different budgets) share a colour."""
+Arms of one group (the same model at different budgets) share a colour; in the plots over seeds,
+groups of one family share a colour, and a marker tells its sizes apart."""
 
 from __future__ import annotations
 
@@ -46,20 +48,66 @@ def loss_vs_training_flops(results, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def loss_vs_inference_flops(results, path: Path) -> Path:
-    """Final eval loss against inference FLOPs per token (radial: at its measured active depth)."""
-    colour = _colours(results)
+_MARKERS = "osD^v<>P*X"
+
+
+def _family_styles(stats) -> tuple[dict[str, str], dict[str, str]]:
+    """(family -> colour, group -> marker): a family's sizes share its colour, one marker each."""
+    families = list(dict.fromkeys(s.family for s in stats))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {f: cycle[i % len(cycle)] for i, f in enumerate(families)}
+    marker = {}
+    for f in families:
+        for i, g in enumerate(dict.fromkeys(s.group for s in stats if s.family == f)):
+            marker[g] = _MARKERS[i % len(_MARKERS)]
+    return colour, marker
+
+
+def _spread_bars(ax, s, x: float, colour: str, marker: str, label: str | None) -> None:
+    """Mean eval loss at x, with a bar from the lowest to the highest seed."""
+    err = [[s.eval_loss_mean - s.eval_loss_min], [s.eval_loss_max - s.eval_loss_mean]]
+    ax.errorbar(x, s.eval_loss_mean, yerr=err, fmt=marker, color=colour, capsize=3, ms=5, label=label)
+
+
+def frontier(stats, points, path: Path) -> Path:
+    """Mean eval loss over seeds against training FLOPs, a bar from the lowest to the highest seed;
+    one colour per family (a marker per size), and a line through each family's frontier (its best
+    size at each budget)."""
+    colour, marker = _family_styles(stats)
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
-    for r in results:
-        if r.eval_loss is None:
+    for s in stats:
+        if s.eval_loss_mean is not None:
+            _spread_bars(ax, s, s.training_flops, colour[s.family], marker[s.group],
+                         f"{s.group} (n={s.n})" if s.budget_label in ("", "b1") else None)
+    for family in colour:
+        pts = sorted((p.best.training_flops, p.best.eval_loss_mean) for p in points if p.family == family)
+        if len(pts) > 1:
+            ax.plot(*zip(*pts, strict=True), "--", color=colour[family], lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (as compiled)")
+    ax.set_ylabel("final eval loss (nats/token), mean over seeds")
+    ax.set_title("isoFLOP frontier per family (bars: min-max over seeds; dashed: best size)", fontsize=9)
+    if stats:
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def loss_vs_inference_flops(stats, path: Path) -> Path:
+    """Final eval loss (mean over seeds, min-max bars) against inference FLOPs per token (radial:
+    at its measured active depth), one point per arm group and budget."""
+    colour, marker = _family_styles(stats)
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for s in stats:
+        if s.eval_loss_mean is None:
             continue
-        ax.plot(r.inference_flops_per_token, r.eval_loss, "o", color=colour[r.group])
-        ax.annotate(r.name, (r.inference_flops_per_token, r.eval_loss), textcoords="offset points",
+        _spread_bars(ax, s, s.inference_flops_per_token, colour[s.family], marker[s.group], None)
+        name = "_".join(x for x in (s.group, s.budget_label) if x)
+        ax.annotate(name, (s.inference_flops_per_token, s.eval_loss_mean), textcoords="offset points",
                     xytext=(4, 3), fontsize=7)
     ax.set_xscale("log")
     ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("inference FLOPs per token")
-    ax.set_ylabel("final eval loss (nats/token)")
+    ax.set_ylabel("final eval loss (nats/token), mean over seeds")
     ax.set_title("eval loss against inference cost", fontsize=10)
     return save_figure(fig, path)
 

@@ -2,9 +2,11 @@
 
 A sweep file names a base config, overrides for every arm (`set:`), named arms (`arms:`, each with
 an optional own `config:` and `set:`), a `grid:` of key -> values (crossed with the arms), and an
-optional `budget:` of training FLOPs or tokens per arm (one arm per budget value). With a FLOPs
-budget an arm's steps follow from its compiled FLOPs per token (isoFLOP: a model that costs half as
-much per token trains on twice the tokens). Every arm's config is loaded and validated here, so a
+optional `budget:` of training FLOPs or tokens per arm (one arm per budget value), and optional
+`seeds:` (top level, or per arm; one arm per seed, setting every seed key). With a FLOPs budget an
+arm's steps follow from its compiled FLOPs per token (isoFLOP: a model that costs half as much per
+token trains on twice the tokens). An arm's `family:` groups arms of one model at several sizes,
+so a report can draw one isoFLOP frontier per family. Every arm's config is loaded and validated here, so a
 typo fails before anything trains, with the file, the arm and the key in the message.
 """
 
@@ -25,6 +27,7 @@ from radial_jax.config import Config, ConfigError, build_checked, load_config
 from radial_jax.model.flops import flops_per_token
 
 SET_BY_SWEEP = {"run.dir": "the sweep puts each arm in OUT/<arm name>"}
+SEED_KEYS = ("run.seed", "data.shuffle_seed")  # what `seeds:` sets: parameter init and data order
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 
 
@@ -37,12 +40,14 @@ class Arm:
     """One run of a sweep: a config file plus overrides (run.dir excluded; the sweep sets it)."""
 
     name: str
-    group: str                    # the name without the budget suffix (arms differing only in budget)
+    group: str                    # the name without budget and seed suffixes (same model and settings)
     config: Path
     overrides: tuple[str, ...]
     steps: int
     budget: float | None = None   # training FLOPs or tokens this arm was sized for
     budget_kind: str | None = None
+    seed: int | None = None       # the value of every SEED_KEYS entry, when the sweep has seeds:
+    family: str = ""              # groups of one model at several sizes (default: the group)
 
     def load(self, out: str | Path) -> Config:
         return load_config(self.config, [*self.overrides, f"run.dir={Path(out) / self.name}"])
@@ -97,6 +102,8 @@ class ArmSpec:
     name: str = _entry("folder-safe arm name, unique in the sweep")
     config: str = _entry("this arm's config file, relative to the sweep file (default: base)")
     set: dict = _entry("this arm's overrides, section.key: value")
+    seeds: list[int] = _entry("this arm's seeds, replacing the sweep's seeds:", lo=0)
+    family: str = _entry("the model family this arm belongs to in reports (default: its name)")
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class SweepSpec:
     grid: dict = _entry("section.key: [values], crossed with the arms")
     budget: BudgetSpec = _entry("train_flops: or tokens: per arm; sets each arm's train.steps")
     evals: int = _entry("eval points per arm; sets each arm's train.eval_every", lo=1)
+    seeds: list[int] = _entry("an arm per seed; sets run.seed and data.shuffle_seed", lo=0)
 
 
 def _given(block: Any) -> Any:
@@ -204,14 +212,34 @@ def _relative(sweep_file: Path, ref: str) -> Path:
     return Path(os.path.normpath(sweep_file.parent / ref))
 
 
-def _arm_specs(src: str, arms: list[ArmSpec] | None, base: Path | None, sweep_file: Path
-               ) -> list[tuple[str, Path, list]]:
-    """(name, config file, settings) of each `arms:` entry, or one unnamed arm from `base`."""
+def _seeds(where: str, seeds: list[int] | None) -> list[int | None]:
+    if seeds is None:
+        return [None]
+    if not seeds:
+        raise SweepError(f"{where} is an empty list; give at least one seed, e.g. [0, 1]")
+    if len(set(seeds)) != len(seeds):
+        raise SweepError(f"{where}={seeds} repeats a seed; give each seed once")
+    return list(seeds)
+
+
+@dataclass(frozen=True)
+class _ArmEntry:
+    name: str
+    config: Path
+    settings: list
+    seeds: list[int | None]
+    family: str | None
+
+
+def _arm_specs(src: str, spec: SweepSpec, base: Path | None, sweep_file: Path) -> list[_ArmEntry]:
+    """Each `arms:` entry (its seeds: the arm's own, else the sweep's), or one unnamed arm from
+    `base`."""
+    arms, seeds = spec.arms, _seeds(f"{src}: seeds", spec.seeds)
     if arms is None:
         if base is None:
             raise SweepError(f"{src}: needs base: (the config every arm starts from) or arms: with a "
                              "config: each")
-        return [("", base, [])]
+        return [_ArmEntry("", base, [], seeds, None)]
     if not arms:
         raise SweepError(f"{src}: arms is empty; give a list of {{name: ..., set: {{...}}}} entries")
     out, seen = [], set()
@@ -230,7 +258,12 @@ def _arm_specs(src: str, arms: list[ArmSpec] | None, base: Path | None, sweep_fi
                 raise SweepError(f"{src}: arm {name!r}: config not found: {config}")
         if config is None:
             raise SweepError(f"{src}: arm {name!r} has no config: and the sweep has no base:")
-        out.append((name, config, _settings(f"{src}: arm {name!r}: set", arm.set)))
+        if arm.family is not None and not _SAFE_NAME.match(arm.family):
+            raise SweepError(f"{src}: arm {name!r}: family={arm.family!r} must be a folder-safe name "
+                             "(letters, digits, . _ + = -)")
+        own = seeds if arm.seeds is None else _seeds(f"{src}: arm {name!r}: seeds", arm.seeds)
+        out.append(_ArmEntry(name, config, _settings(f"{src}: arm {name!r}: set", arm.set), own,
+                             arm.family))
     return out
 
 
@@ -270,11 +303,16 @@ def load_sweep(path: str | Path) -> Sweep:
             raise SweepError(f"{src}: base config not found: {base} (paths are relative to the sweep "
                              "file)")
     common = _settings(f"{src}: set", spec.set)
-    specs = _arm_specs(src, spec.arms, base, path)
+    specs = _arm_specs(src, spec, base, path)
     grid = _grid(src, spec.grid)
     kind, budgets = _budgets(src, spec.budget)
     evals = spec.evals
-    keys = {k for k, _ in common} | {k for s in specs for k, _ in s[2]} | {k for _, g in grid for k, _ in g}
+    keys = {k for k, _ in common} | {k for s in specs for k, _ in s.settings} | {k for _, g in grid
+                                                                                   for k, _ in g}
+    seeded = [k for k in SEED_KEYS if k in keys]
+    if seeded and any(s != [None] for s in (e.seeds for e in specs)):
+        raise SweepError(f"{src}: {seeded[0]} cannot be set in a sweep with seeds: (each seed sets "
+                         f"{' and '.join(SEED_KEYS)})")
     if kind and "train.steps" in keys:
         raise SweepError(f"{src}: train.steps cannot be set in a sweep with a budget: (the budget "
                          "sets each arm's steps)")
@@ -282,12 +320,15 @@ def load_sweep(path: str | Path) -> Sweep:
         raise SweepError(f"{src}: train.eval_every cannot be set with evals: (evals sets it per arm)")
 
     arms = []
-    for (arm_name, config, settings), (suffix, pairs) in itertools.product(specs, grid):
-        group = _join(arm_name, suffix) or config.stem
-        overrides = [_override(k, v) for k, v in [*common, *settings, *pairs]]
+    for entry, (suffix, pairs), seed in ((e, g, s) for e, g in itertools.product(specs, grid)
+                                         for s in e.seeds):
+        config = entry.config
+        group = _join(entry.name, suffix) or config.stem
+        seed_set = [(k, seed) for k in SEED_KEYS] if seed is not None else []
+        overrides = [_override(k, v) for k, v in [*common, *entry.settings, *pairs, *seed_set]]
         cfg = _load(src, group, config, overrides)
         for i, budget in enumerate(budgets, 1):
-            name = _join(group, f"b{i}" if len(budgets) > 1 else "")
+            name = _join(group, "" if seed is None else f"s{seed}", f"b{i}" if len(budgets) > 1 else "")
             steps = cfg.train.steps
             if kind:
                 steps = steps_for_budget(cfg, **{kind: budget})
@@ -300,5 +341,8 @@ def load_sweep(path: str | Path) -> Sweep:
             if any(a.name == name for a in arms):
                 raise SweepError(f"{src}: two arms would be named {name!r} (grid values that differ only in "
                                  "characters a folder name drops?); rename the arms")
-            arms.append(Arm(name, group, config, tuple(overrides + extra), steps, budget, kind))
-    return Sweep(path, tuple(arms))
+            arms.append(Arm(name, group, config, tuple(overrides + extra), steps, budget, kind, seed,
+                            entry.family or group))
+    # Seed by seed: a sweep stopped after its first pass already has one run of every arm and budget.
+    order = {s: i for i, s in enumerate(dict.fromkeys(a.seed for a in arms))}
+    return Sweep(path, tuple(sorted(arms, key=lambda a: order[a.seed])))
