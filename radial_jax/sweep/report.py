@@ -257,8 +257,8 @@ def frontier_table(stats: list[GroupStat]) -> str:
 
 def machines(results: list[ArmResult]) -> list[str]:
     """Report date and machine, and the machine(s) the arms trained on."""
-    here = machine_line({"platform": platform.platform(), "cpus": os.cpu_count(), "backend": "-"})
-    lines = [f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {here.rsplit(',', 1)[0]}."]
+    lines = [f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.platform()}, "
+             f"{os.cpu_count()} CPUs."]
     ran = list(dict.fromkeys(r.machine for r in results if r.machine))
     if ran:
         timed = [r.seconds for r in results if r.seconds is not None]
