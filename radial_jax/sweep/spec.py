@@ -6,8 +6,8 @@ optional `budget:` of training FLOPs or tokens per arm (one arm per budget value
 `seeds:` (top level, or per arm; one arm per seed, setting every seed key). With a FLOPs budget an
 arm's steps follow from its compiled FLOPs per token (isoFLOP: a model that costs half as much per
 token trains on twice the tokens). An arm's `family:` groups arms of one model at several sizes,
-so a report can draw one isoFLOP frontier per family. Every arm's config is loaded and validated here, so a
-typo fails before anything trains, with the file, the arm and the key in the message.
+so a report can draw one isoFLOP frontier per family. Every arm's config is loaded and validated
+here, so a typo fails before anything trains, with the file, the arm and the key in the message.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class ArmSpec:
     config: str = _entry("this arm's config file, relative to the sweep file (default: base)")
     set: dict = _entry("this arm's overrides, section.key: value")
     seeds: list[int] = _entry("this arm's seeds, replacing the sweep's seeds:", lo=0)
-    family: str = _entry("the model family this arm belongs to in reports (default: its name)")
+    family: str = _entry("the model family of this arm in reports (default: its name and grid values)")
 
 
 @dataclass(frozen=True)
