@@ -194,6 +194,11 @@ def _model_command(sub, name: str, fn, help: str, *, batches: bool = False,
     return p
 
 
+def _burst_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--burst", type=int, default=8,
+                        help=f"{what} (default 8; 1: one call per token, each paying dispatch and readback)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="radial", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     g.add_argument("--show-depth", action="store_true",
                    help="print, per generated token, how many blocks it used")
-    g.add_argument("--burst", type=int, default=8,
-                   help="tokens decoded per jitted call, streamed together (default 8; 1: one call, "
-                        "dispatch and readback per token)")
+    _burst_option(g, "tokens decoded per jitted call, streamed together")
 
     x = _model_command(sub, "export", _cmd_export, overrides=None,
                        help="write a model as safetensors + config.json (no orbax needed to load it); "
@@ -279,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--windows", type=int, default=15,
                    help="decode, decode-variants: timed windows of 16 tokens per model and batch "
                         "(more: steadier medians)")
-    b.add_argument("--burst", type=int, default=8,
-                   help="decode, decode-variants: tokens per jitted call (default 8, as `radial generate` "
-                        "makes them; 1: one call per token, each paying dispatch and readback)")
+    _burst_option(b, "decode, decode-variants: tokens per jitted call, as `radial generate` makes them")
     b.add_argument("--batch-sizes", nargs="+", type=int, default=list(bench_decode.BATCHES),
                    help="decode: batch sizes to time (default 1 8)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")

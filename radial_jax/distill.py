@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from radial_jax import markdown
 from radial_jax.config import Config, ConfigError, from_dict, load_config
 from radial_jax.data.pipeline import make_eval_batches, make_iterator
 from radial_jax.io.export import write_export
@@ -161,10 +162,8 @@ def distill(teacher_path: str, config_path: str, overrides=(), *, kl_weight: flo
 
 def table(report: dict) -> str:
     """Markdown: eval loss against mean active depth, per eval, with the teacher's loss."""
-    lines = [f"teacher eval loss {report['teacher_eval']['loss']:.4f}", "",
-             "| step | eval loss | vs teacher | active depth | active fraction | drop rate |",
-             "|---|---|---|---|---|---|"]
-    for r in report["evals"]:
-        lines.append(f"| {r['step']} | {r['loss']:.4f} | {100 * r['loss_vs_teacher']:+.1f}% | "
-                     f"{r['active_depth']:.2f} | {r['active_fraction']:.3f} | {r['drop_rate']:.3f} |")
-    return "\n".join(lines)
+    rows = [(r["step"], f"{r['loss']:.4f}", f"{100 * r['loss_vs_teacher']:+.1f}%", f"{r['active_depth']:.2f}",
+             f"{r['active_fraction']:.3f}", f"{r['drop_rate']:.3f}") for r in report["evals"]]
+    header = ("step", "eval loss", "vs teacher", "active depth", "active fraction", "drop rate")
+    return "\n".join([f"teacher eval loss {report['teacher_eval']['loss']:.4f}", "",
+                      *markdown.table(header, rows)])

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from radial_jax import markdown
 from radial_jax.parallel.chips import chip_for_device_kind
 
 GiB = 2**30
@@ -88,13 +89,10 @@ def _pct(x: float | None) -> str:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"accelerator check on {s.get('device', '?')}", "",
-             "| size | config | kind | params | step ms | tokens/s | model TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in s["train"]:
-        lines.append(f"| {r['size']} | {r['config']} | {r['kind']} | {r['params'] / 1e6:.1f}M | "
-                     f"{r['step_ms']:.1f} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.2f} | "
-                     f"{_pct(r['mfu'])} |")
+    header = ("size", "config", "kind", "params", "step ms", "tokens/s", "model TFLOP/s", "MFU")
+    lines = [f"accelerator check on {s.get('device', '?')}", "", *markdown.table(header, [
+        (r["size"], r["config"], r["kind"], f"{r['params'] / 1e6:.1f}M", f"{r['step_ms']:.1f}",
+         f"{r['tokens_per_s']:,.0f}", f"{r['model_tflops_per_s']:.2f}", _pct(r["mfu"])) for r in s["train"]])]
     for r in s["train_ratios"]:
         lines.append(f"train {r['size']}: radial / dense step time {r['ratio']:.2f} "
                      f"(target <= 1.2 x active fraction = {r['target']:.2f})")
