@@ -23,6 +23,22 @@ def _colours(results) -> dict[str, str]:
     return {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
 
 
+_MEAN_LOSS = "final eval loss (nats/token), mean over seeds"
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, *, legend: bool,
+            title_size: int = 10) -> Path:
+    """A log-scaled FLOPs axis, the labels and title, a legend where there is something to name;
+    written as PNG."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=title_size)
+    if legend:
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def loss_vs_training_flops(results, path: Path) -> Path:
     """Each arm's eval curve against training FLOPs spent (log x); the final points of a group are
     joined, so at any budget the lower line is the better model for that compute."""
@@ -39,13 +55,8 @@ def loss_vs_training_flops(results, path: Path) -> Path:
     for group, pts in finals.items():
         pts.sort()
         ax.plot(*zip(*pts, strict=True), "--", color=colour[group], lw=1.5, label=group)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (as compiled)")
-    ax.set_ylabel("eval loss (nats/token)")
-    ax.set_title("eval loss against training compute (dots: end of each arm)", fontsize=10)
-    if finals:
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return _finish(fig, ax, path, "training FLOPs (as compiled)", "eval loss (nats/token)",
+                   "eval loss against training compute (dots: end of each arm)", legend=bool(finals))
 
 
 _MARKERS = "osD^v<>P*X"
@@ -83,13 +94,9 @@ def frontier(stats, points, path: Path) -> Path:
         pts = sorted((p.best.training_flops, p.best.eval_loss_mean) for p in points if p.family == family)
         if len(pts) > 1:
             ax.plot(*zip(*pts, strict=True), "--", color=colour[family], lw=1.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs (as compiled)")
-    ax.set_ylabel("final eval loss (nats/token), mean over seeds")
-    ax.set_title("isoFLOP frontier per family (bars: min-max over seeds; dashed: best size)", fontsize=9)
-    if stats:
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return _finish(fig, ax, path, "training FLOPs (as compiled)", _MEAN_LOSS,
+                   "isoFLOP frontier per family (bars: min-max over seeds; dashed: best size)",
+                   legend=bool(stats), title_size=9)
 
 
 def loss_vs_inference_flops(stats, path: Path) -> Path:
@@ -104,12 +111,9 @@ def loss_vs_inference_flops(stats, path: Path) -> Path:
         name = "_".join(x for x in (s.group, s.budget_label) if x)
         ax.annotate(name, (s.inference_flops_per_token, s.eval_loss_mean), textcoords="offset points",
                     xytext=(4, 3), fontsize=7)
-    ax.set_xscale("log")
     ax.margins(x=0.12)  # room for the labels of the outermost points
-    ax.set_xlabel("inference FLOPs per token")
-    ax.set_ylabel("final eval loss (nats/token), mean over seeds")
-    ax.set_title("eval loss against inference cost", fontsize=10)
-    return save_figure(fig, path)
+    return _finish(fig, ax, path, "inference FLOPs per token", _MEAN_LOSS, "eval loss against inference cost",
+                   legend=False)
 
 
 def routing_stats(results, path: Path) -> Path:
