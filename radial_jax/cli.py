@@ -157,7 +157,7 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    paths = write_report(args.dir)
+    paths = write_report(args.dir, args.out)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -313,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(fn=_cmd_sweep)
 
     rp = sub.add_parser("report", help="compare the runs of a sweep: report.md, report.csv and PNG plots")
-    rp.add_argument("dir", help="sweep output folder (the --out of `radial sweep`)")
+    rp.add_argument("dir", help="sweep output folder (the --out of `radial sweep`); only read")
+    rp.add_argument("--out", default=None, help="write the page as OUT.md and its figures, CSV and "
+                    "inference-depth cache into OUT/ (default: report.md and the rest in DIR)")
     rp.set_defaults(fn=_cmd_report)
     return p
 

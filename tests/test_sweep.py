@@ -12,14 +12,21 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
+from flax import nnx
 
 from radial_jax.cli import main
 from radial_jax.config import load_config
+from radial_jax.data.pipeline import make_eval_batches
+from radial_jax.io.load import load_model
 from radial_jax.model.flops import flops_per_token
+from radial_jax.sweep import inference
 from radial_jax.sweep import run as sweep_run
 from radial_jax.sweep.aggregate import aggregate, frontier
-from radial_jax.sweep.report import ReportError, arm_dirs, read_arm, write_report
+from radial_jax.sweep.arms import arm_dirs, read_arm
+from radial_jax.sweep.inference import CACHE
+from radial_jax.sweep.report import ReportError, write_report
 from radial_jax.sweep.run import DONE, SPENT, run_sweep, train_timed, write_manifest
 from radial_jax.sweep.spec import SweepError, load_sweep, step_flops
 from radial_jax.train.loop import train
@@ -242,7 +249,7 @@ def test_report_over_seeds_and_families(tmp_path):
     for i, arm in enumerate(sweep.arms):
         fake_arm(out / arm.name, arm.load(out), [3.0, loss[arm.name]], seconds=60.0 * (i + 1))
     secs = {a.name: 60.0 * (i + 1) for i, a in enumerate(sweep.arms)}
-    results = [read_arm(d, info) for d, info in arm_dirs(out)]
+    results = [read_arm(d, info) for d, info in arm_dirs(out).finished]
     assert [r.name for r in results] == [a.name for a in sweep.arms]
     stats = {(s.group, s.budget_label): s for s in aggregate(results)}
     assert list(stats) == [("a_s", "b1"), ("a_s", "b2"), ("a_l", "b1"), ("a_l", "b2"), ("b_s", "b1"),
@@ -270,7 +277,7 @@ def test_report_over_seeds_and_families(tmp_path):
     assert "| 2.1000 (2.0000-2.2000, n=2) |" in row and "| 0, 1 |" in row
     both = secs["a_s_s0_b1"] + secs["a_s_s1_b1"]
     assert f"| {both / 120:.1f} / {both / 60:.1f} |" in row  # arm time (min): mean / total
-    front_md = md.split("## isoFLOP frontier per family")[1]
+    front_md = md.split("the family's size with the lowest mean eval loss")[1]
     line = next(x for x in front_md.splitlines() if x.startswith("| a | 9e+10 |"))
     assert "| 1.7000 | a_l |" in line and "| a_s 1.8500 |" in line
     assert "- budget 9e+10: lowest mean eval loss a_l_b2 (1.7000 at 9e+10 training FLOPs" in md
@@ -285,10 +292,53 @@ def test_report_reads_seeds_from_names_without_a_manifest(tmp_path):
     cfg = load_config(None, TINY)
     for name, x in [("m_s0_b1", 2.0), ("m_s1_b1", 2.4), ("m_s0_b2", 1.5)]:
         fake_arm(tmp_path / name, cfg, [x], seconds=30.0)
-    stats = aggregate([read_arm(d, i) for d, i in arm_dirs(tmp_path)])
+    stats = aggregate([read_arm(d, i) for d, i in arm_dirs(tmp_path).finished])
     assert [(s.group, s.budget_label, s.n, s.seeds) for s in stats] == [("m", "b1", 2, (0, 1)),
                                                                         ("m", "b2", 1, (0,))]
     assert stats[0].eval_loss_mean == pytest.approx(2.2)
+
+
+def test_partial_sweep_report_lists_unfinished_arms_and_leaves_the_sweep_alone(tmp_path):
+    # dense and radial at two budgets: b1 finished (radial without a checkpoint to measure),
+    # dense_b2 stopped at step 2, radial_b2 not started; the page goes to OUT.md, the rest to OUT/.
+    path = sweep_file(tmp_path, "arms:\n  - name: dense\n  - name: radial\n    set: " + json.dumps(RADIAL)
+                      + "\nbudget:\n  train_flops: [2.0e+9, 4.0e+9]\n")
+    sweep, root = load_sweep(path), tmp_path / "sweep"
+    write_manifest(sweep, root)
+    arms = {a.name: a for a in sweep.arms}
+    fake_arm(root / "dense_b1", arms["dense_b1"].load(root), [3.0, 2.5], seconds=60.0)
+    fake_arm(root / "radial_b1", arms["radial_b1"].load(root), [3.0, 2.4], seconds=90.0)
+    fake_arm(root / "dense_b2", arms["dense_b2"].load(root), [3.0], seconds=0.0)
+    (root / "dense_b2" / DONE).unlink()  # stopped: metrics to step 2, no done marker
+    rows = [r for r in read_metrics(root / "dense_b2") if r["step"] <= 2 and "train/loss" in r]
+    (root / "dense_b2" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "dense_b2" / SPENT).write_text(json.dumps({"seconds": 30.0, "attempts": 1}))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+
+    found = arm_dirs(root)
+    assert [d.name for d, _ in found.finished] == ["dense_b1", "radial_b1"]
+    assert [(u.name, u.status()) for u in found.unfinished] == [
+        ("dense_b2", f"step 2 of {arms['dense_b2'].steps}"), ("radial_b2", "not started")]
+    out = tmp_path / "docs" / "page"
+    paths = write_report(root, out)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # only read
+    assert paths["md"] == tmp_path / "docs" / "page.md"
+    for key in ("frontier", "inference", "isoflop", "routing", "csv"):
+        assert paths[key].parent == out and paths[key].stat().st_size > 100
+    md = paths["md"].read_text()
+    assert md.startswith("# Sweep report: ") and md.splitlines()[0].endswith("(partial)")
+    assert "**Partial: 2 of 4 arms finished.**" in md
+    assert f"radial report {root} --out {out}" in md
+    assert "![frontier](page/frontier.png)" in md and "![inference](page/loss_vs_inference_flops.png)" in md
+    assert f"| dense_b2 | step 2 of {arms['dense_b2'].steps} | 0.5 |" in md
+    assert "| radial_b2 | not started | - |" in md
+    assert "**Verdict: not met.**" in md and "Provisional: 2 arm(s)" in md  # radial 2.4 < 2.5 but at 1x cost
+    assert "- b2: not judged yet" in md
+    assert "radial_b1 (not measured: no checkpoint at step" in md
+    assert [r["name"] for r in csv.DictReader(open(paths["csv"]))] == ["dense_b1", "radial_b1"]
+    comparison = md.split("## At each size and budget")[1].split("## Figures")[0]
+    line = next(x for x in comparison.splitlines() if "| radial |" in x)
+    assert "| 2.4000 | -0.1000 |" in line  # mean eval loss and its gap to dense at the same budget
 
 
 def test_shipped_sweeps_validate():
@@ -409,7 +459,7 @@ def test_interrupted_sweep_skips_finished_arms_and_resumes(sweep_runs):
 
 
 @pytest.mark.slow
-def test_report_numbers_match_the_metrics(sweep_runs, tmp_path, capsys):
+def test_report_numbers_match_the_metrics(sweep_runs, tmp_path, capsys, monkeypatch):
     root = tmp_path / "sweep"
     shutil.copytree(sweep_runs["out"], root)
     decode = {"benchmark": "decode", "results": [
@@ -426,6 +476,7 @@ def test_report_numbers_match_the_metrics(sweep_runs, tmp_path, capsys):
     log = sweep_runs["logs"][0][2]  # the run that trained the radial arm
     rows = {r["name"]: r for r in csv.DictReader(open(root / "report.csv"))}
     md = (root / "report.md").read_text()
+    every_arm = md.split("## Every arm")[1]
     assert list(rows) == ["dense", "radial"]  # the sweep's order
     for name, row in rows.items():
         metrics = read_metrics(root / name)
@@ -442,18 +493,50 @@ def test_report_numbers_match_the_metrics(sweep_runs, tmp_path, capsys):
         params = dense_params(cfg) if name == "dense" else int(re.search(
             r"model: radial, ([\d,]+) parameters", log).group(1).replace(",", ""))
         assert int(row["params"]) == params
-        line = next(x for x in md.splitlines() if x.startswith(f"| {name} |"))
+        line = next(x for x in every_arm.splitlines() if x.startswith(f"| {name} |"))
         assert f"| {evals[-1]['eval/loss']:.4f} |" in line and f"| {params:,} |" in line
         if name == "radial":
             depth = evals[-1]["eval/active_depth"]
             assert float(row["active_depth"]) == depth and 0 < depth <= 2
-            assert float(row["inference_flops_per_token"]) == pytest.approx(fpt.inference(depth, cfg))
+            # inference FLOPs at the depth measured routed as decoding routes (prefix 0 here)
+            assert row["inference_source"] == "measured at step 3"
+            assert float(row["inference_flops_per_token"]) == pytest.approx(
+                fpt.inference(float(row["inference_depth"]), cfg))
             assert float(row["skip_rate"]) == evals[-1]["eval/skip_rate"]
             assert line.endswith("| 1.234 |")  # batch 1, switch path
         else:
             assert float(row["active_depth"]) == cfg.model.n_layers and row["skip_rate"] == ""
             assert float(row["inference_flops_per_token"]) == fpt.forward
             assert line.endswith("| - |")  # no decode benchmark in this arm
+
+    # Inference depth, measured on the final checkpoint and cached in the report's folder (routed
+    # arms only, keyed by arm and step), checked against the pool layers each token ran in the
+    # inference forward pass's routing trace over the same eval batches.
+    cache = json.loads((root / CACHE).read_text())
+    assert list(cache) == ["radial@3"]
+    m = cache["radial@3"]
+    loaded = load_model(root / "radial", step=3)
+    cfg, model = loaded.cfg, nnx.merge(loaded.graphdef, loaded.params)
+    depths = []
+    for b in make_eval_batches(cfg.data, loaded.tokenizer, cfg.train.eval_batches):
+        _, aux = model(b["inputs"], b["positions"], b["segment_ids"], return_trace=True, inference=True)
+        valid = np.asarray(b["segment_ids"]) != 0
+        ran = (np.asarray(aux.trace_TxBxS) < cfg.model.pool_size) & valid
+        depths.append(cfg.model.prefix_layers + ran.sum() / valid.sum())
+    depth = statistics.fmean(depths)
+    assert 0 < depth <= cfg.model.steps and m["active_depth"] == pytest.approx(depth, rel=1e-5)
+    assert m["flops_per_token"] == pytest.approx(flops_per_token(cfg).inference(depth, cfg), rel=1e-5)
+    assert float(rows["radial"]["inference_flops_per_token"]) == m["flops_per_token"]
+    assert float(rows["radial"]["inference_loss"]) == m["loss"]
+    # again: from the cache, nothing measured; the same arm in another folder is measured anew
+    monkeypatch.setattr(inference, "measure_checkpoint", lambda *a: pytest.fail("measured again"))
+    arms = [(read_arm(d, i), d) for d, i in arm_dirs(root).finished]
+    again = {r.name: r for r in inference.measure_arms(arms, root)}
+    assert again["radial"].inference_flops_per_token == m["flops_per_token"]
+    shutil.copytree(root / "radial", tmp_path / "elsewhere" / "radial")
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        inference.measured(arms[1][0], tmp_path / "elsewhere" / "radial", inference.read_cache(root / CACHE))
+
 
 
 def test_report_without_runs_says_what_it_looked_for(tmp_path, capsys):

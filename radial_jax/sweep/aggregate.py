@@ -23,6 +23,7 @@ class Measured(Protocol):
     training_flops: float
     inference_flops_per_token: float
     eval_loss: float | None
+    inference_loss: float | None
     seconds: float | None
 
 
@@ -44,6 +45,16 @@ class GroupStat:
     inference_flops_per_token: float
     seconds_mean: float | None    # wall time per arm on the machine that trained it
     seconds_total: float | None
+    inference_loss_mean: float | None = None  # eval loss routed as decoding routes; None unless
+    inference_loss_min: float | None = None   # every arm of the group has one
+    inference_loss_max: float | None = None
+
+    def deployed_loss(self) -> tuple[float | None, bool]:
+        """(mean eval loss of the model as it runs at its inference FLOPs, whether that is the
+        measured inference-routed loss): the inference loss where measured, else the eval loss."""
+        if self.inference_loss_mean is not None:
+            return self.inference_loss_mean, True
+        return self.eval_loss_mean, False
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -60,13 +71,17 @@ def aggregate(results: Sequence[Measured]) -> list[GroupStat]:
     for (group, label), rs in keyed.items():
         losses = [r.eval_loss for r in rs if r.eval_loss is not None]
         secs = [r.seconds for r in rs if r.seconds is not None]
+        inf = [r.inference_loss for r in rs]
+        inf = [x for x in inf if x is not None] if all(x is not None for x in inf) else []
         out.append(GroupStat(
             group=group, family=rs[0].family, budget_label=label, budget=rs[0].budget, params=rs[0].params,
             seeds=tuple(r.seed for r in rs), n=len(losses), eval_loss_mean=_mean(losses),
             eval_loss_min=min(losses, default=None), eval_loss_max=max(losses, default=None),
             training_flops=statistics.fmean(r.training_flops for r in rs),
             inference_flops_per_token=statistics.fmean(r.inference_flops_per_token for r in rs),
-            seconds_mean=_mean(secs), seconds_total=sum(secs) if secs else None))
+            seconds_mean=_mean(secs), seconds_total=sum(secs) if secs else None,
+            inference_loss_mean=_mean(inf), inference_loss_min=min(inf, default=None),
+            inference_loss_max=max(inf, default=None)))
     return out
 
 

@@ -99,21 +99,32 @@ def frontier(stats, points, path: Path) -> Path:
                    legend=bool(stats), title_size=9)
 
 
-def loss_vs_inference_flops(stats, path: Path) -> Path:
-    """Final eval loss (mean over seeds, min-max bars) against inference FLOPs per token (radial:
-    at its measured active depth), one point per arm group and budget."""
+def loss_vs_inference_flops(stats, path: Path, verdict=None) -> Path:
+    """Eval loss of each arm group as it runs at inference (mean over seeds, min-max bars; routed as
+    decoding routes where measured, else the training eval) against its inference FLOPs per token;
+    with a verdict, a dotted line at the goal's fraction of the baseline's inference FLOPs."""
     colour, marker = _family_styles(stats)
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for s in stats:
-        if s.eval_loss_mean is None:
+        loss, routed = s.deployed_loss()
+        if loss is None:
             continue
-        _spread_bars(ax, s, s.inference_flops_per_token, colour[s.family], marker[s.group], None)
+        lo, hi = ((s.inference_loss_min, s.inference_loss_max) if routed
+                  else (s.eval_loss_min, s.eval_loss_max))
+        ax.errorbar(s.inference_flops_per_token, loss, yerr=[[loss - lo], [hi - loss]], fmt=marker[s.group],
+                    color=colour[s.family], capsize=3, ms=5, mfc=None if routed else "none")
         name = "_".join(x for x in (s.group, s.budget_label) if x)
-        ax.annotate(name, (s.inference_flops_per_token, s.eval_loss_mean), textcoords="offset points",
+        ax.annotate(name, (s.inference_flops_per_token, loss), textcoords="offset points",
                     xytext=(4, 3), fontsize=7)
+    base = [c.baseline for c in (verdict.cells if verdict else ()) if c.baseline is not None]
+    if base:
+        x = verdict.goal.max_fraction * base[0].inference_flops_per_token
+        ax.axvline(x, ls=":", color="grey", lw=1,
+                   label=f"{verdict.goal.max_fraction:.2f}x {base[0].group}'s inference FLOPs (goal)")
     ax.margins(x=0.12)  # room for the labels of the outermost points
-    return _finish(fig, ax, path, "inference FLOPs per token", _MEAN_LOSS, "eval loss against inference cost",
-                   legend=False)
+    return _finish(fig, ax, path, "inference FLOPs per token (routed models: measured depth)",
+                   "final eval loss as run at inference, mean over seeds",
+                   "eval loss against inference cost (hollow: depth not measured)", legend=bool(base))
 
 
 def routing_stats(results, path: Path) -> Path:

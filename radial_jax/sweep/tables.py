@@ -1,0 +1,136 @@
+"""The Markdown tables of a sweep report: per arm, per arm group over seeds, each family's isoFLOP
+frontier, and the comparison at each size and budget (every family against dense)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from radial_jax.markdown import table
+from radial_jax.sweep.aggregate import GroupStat, best_per_budget, frontier
+from radial_jax.sweep.arms import ArmResult, Unfinished
+from radial_jax.sweep.cost import short
+
+COLUMNS = [  # (header, field, format)
+    ("arm", "name", str), ("params", "params", lambda v: f"{v:,}"),
+    ("active FLOPs/token (train)", "train_flops_per_token", short),
+    ("inference FLOPs/token", "inference_flops_per_token", short),
+    ("training FLOPs", "training_flops", lambda v: f"{v:.3g}"), ("tokens", "tokens", short),
+    ("eval loss", "eval_loss", lambda v: f"{v:.4f}"), ("bits/byte", "bits_per_byte", lambda v: f"{v:.4f}"),
+    ("mean active depth (train)", "active_depth", lambda v: f"{v:.2f}"),
+    ("depth at inference", "inference_depth", lambda v: f"{v:.2f}"),
+    ("eval loss at inference", "inference_loss", lambda v: f"{v:.4f}"),
+    ("step time (s)", "step_time_s", lambda v: f"{v:.3f}"),
+    ("arm time (min)", "seconds", lambda v: f"{v / 60:.1f}"),
+    ("decode ms/token", "decode_ms_per_token", lambda v: f"{v:.3f}"),
+]
+
+
+def markdown_table(results: Sequence[ArmResult]) -> str:
+    rows = [[fmt(getattr(r, f)) if getattr(r, f) is not None else "-" for _, f, fmt in COLUMNS]
+            for r in results]
+    return "\n".join(table([h for h, _, _ in COLUMNS], rows))
+
+
+def unfinished_table(arms: Sequence[Unfinished]) -> str:
+    rows = [[a.name, a.status(), f"{a.seconds / 60:.1f}" if a.seconds else "-"] for a in arms]
+    return "\n".join(table(["arm", "status", "stopped attempts (min)"], rows))
+
+
+def label(s: GroupStat) -> str:
+    """group_bN: an arm's name without its seed."""
+    return "_".join(x for x in (s.group, s.budget_label) if x)
+
+
+def spread(mean: float | None, lo: float | None, hi: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    if n < 2:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ({lo:.4f}-{hi:.4f}, n={n})"
+
+
+def loss_spread(s: GroupStat) -> str:
+    return spread(s.eval_loss_mean, s.eval_loss_min, s.eval_loss_max, s.n)
+
+
+def budget(s: GroupStat) -> str:
+    return f"{s.budget:.3g}" if s.budget is not None else f"{s.training_flops:.3g} (spent)"
+
+
+def best_lines(stats: Sequence[GroupStat]) -> list[str]:
+    """For each training budget (or all arms when there is one): which group reached the lowest
+    mean eval loss, and at what inference cost."""
+    lines = []
+    for lbl, ss in best_per_budget(stats).items():
+        if len(ss) < 2:
+            continue
+        best, others = ss[0], ss[1:]
+        rest = ", ".join(f"{label(s)} {loss_spread(s)} ({short(s.inference_flops_per_token)})"
+                         for s in others)
+        lines.append(f"- {'budget ' + budget(best) if lbl else 'all arms'}: lowest mean eval loss "
+                     f"{label(best)} ({loss_spread(best)} at {best.training_flops:.3g} training FLOPs, "
+                     f"{short(best.inference_flops_per_token)} inference FLOPs/token); {rest}")
+    return lines
+
+
+def seeds_table(stats: Sequence[GroupStat]) -> str:
+    rows = []
+    for s in stats:
+        seeds = ", ".join("-" if x is None else str(x) for x in s.seeds)
+        time_ = "-" if s.seconds_mean is None else f"{s.seconds_mean / 60:.1f} / {s.seconds_total / 60:.1f}"
+        rows.append([label(s), s.family, budget(s), f"{s.params:,}", seeds, loss_spread(s),
+                     f"{s.training_flops:.3g}", short(s.inference_flops_per_token), time_])
+    return "\n".join(table(["arm group", "family", "budget", "params", "seeds",
+                            "eval loss: mean (min-max, n)", "training FLOPs", "inference FLOPs/token",
+                            "arm time (min): mean / total"], rows))
+
+
+def frontier_table(stats: Sequence[GroupStat]) -> str:
+    rows = []
+    for p in frontier(stats):
+        b = p.best
+        others = ", ".join(f"{s.group} {s.eval_loss_mean:.4f}" for s in p.others) or "-"
+        rows.append([p.family, budget(b), loss_spread(b), b.group, f"{b.params:,}",
+                     short(b.inference_flops_per_token), others])
+    return "\n".join(table(["family", "budget", "lowest mean eval loss (min-max, n)", "from", "params",
+                            "inference FLOPs/token", "the family's other sizes"], rows))
+
+
+def size_ranks(stats: Sequence[GroupStat]) -> dict[str, int]:
+    """group -> its size within its family (0: fewest parameters)."""
+    ranks = {}
+    for fam in dict.fromkeys(s.family for s in stats):
+        sizes = sorted({(s.params, s.group) for s in stats if s.family == fam})
+        ranks.update({g: i for i, (_, g) in enumerate(sizes)})
+    return ranks
+
+
+def size_name(rank: int, n_sizes: int) -> str:
+    """'smaller size' / 'larger size' of two; 'one size'; 'size 1', 'size 2', ... of more."""
+    named = {(0, 1): "one size", (0, 2): "smaller size", (1, 2): "larger size"}
+    return named.get((rank, n_sizes), f"size {rank + 1}")
+
+
+def comparison_table(stats: Sequence[GroupStat], baseline: str = "dense") -> str:
+    """At each size and budget, every family: mean eval loss over seeds (min-max), its gap to the
+    baseline family's, the loss routed as at inference, and inference FLOPs per token as a fraction
+    of the baseline's."""
+    ranks = size_ranks(stats)
+    n_sizes = max(ranks.values(), default=0) + 1
+    ref = {(ranks[s.group], s.budget_label): s for s in stats if s.family == baseline}
+    families = list(dict.fromkeys(s.family for s in stats))
+    order = sorted(stats, key=lambda s: (ranks[s.group], s.budget or s.training_flops,
+                                         families.index(s.family)))
+    rows = []
+    for s in order:
+        d = ref.get((ranks[s.group], s.budget_label))
+        gap = "-" if d is None or d.eval_loss_mean is None or s.eval_loss_mean is None else (
+            f"{s.eval_loss_mean - d.eval_loss_mean:+.4f}")
+        inf = spread(s.inference_loss_mean, s.inference_loss_min, s.inference_loss_max, s.n)
+        frac = "-" if d is None else f"{s.inference_flops_per_token / d.inference_flops_per_token:.2f}x"
+        rows.append([size_name(ranks[s.group], n_sizes), budget(s), s.family, s.group, f"{s.params:,}",
+                     f"{s.training_flops:.3g}", loss_spread(s), gap, inf,
+                     short(s.inference_flops_per_token), frac])
+    return "\n".join(table(["size", "budget", "family", "group", "params", "training FLOPs (spent)",
+                            "eval loss: mean (min-max, n)", f"vs {baseline}", "eval loss at inference",
+                            "inference FLOPs/token", f"x {baseline}"], rows))

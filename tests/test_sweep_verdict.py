@@ -1,0 +1,82 @@
+"""The report's verdict on issue 19's goal (radial at or below dense's loss at every budget of the
+larger size, at most 0.7x dense's inference FLOPs per token), from hand-made group numbers."""
+
+import pytest
+
+from radial_jax.sweep.aggregate import GroupStat
+from radial_jax.sweep.verdict import Goal, judge, verdict_lines
+
+
+def stat(group: str, label: str, loss: float, inference_flops: float, *, params: int,
+         inference_loss: float | None = None, family: str | None = None) -> GroupStat:
+    return GroupStat(group=group, family=family or group.split("_")[0], budget_label=label,
+                     budget={"b1": 3e13, "b2": 1.2e14}[label], params=params, seeds=(0,), n=1,
+                     eval_loss_mean=loss, eval_loss_min=loss, eval_loss_max=loss, training_flops=1e13,
+                     inference_flops_per_token=inference_flops, seconds_mean=60.0, seconds_total=60.0,
+                     inference_loss_mean=inference_loss, inference_loss_min=inference_loss,
+                     inference_loss_max=inference_loss)
+
+
+def sweep(radial_l: dict, dense_l: dict) -> list[GroupStat]:
+    """Small and large dense and radial at b1 and b2; the small size is better for radial, so only
+    the large one may decide."""
+    out = []
+    for lbl in ("b1", "b2"):
+        out += [stat("dense_s", lbl, 2.0, 100.0, params=3),
+                stat("radial_s", lbl, 1.0, 10.0, params=3, inference_loss=1.0)]
+        out += [stat("dense_l", lbl, dense_l[lbl], 400.0, params=12),
+                stat("radial_l", lbl, 0.0, radial_l[lbl][1], params=12, inference_loss=radial_l[lbl][0])]
+    return out
+
+
+def test_met_when_every_larger_budget_is_at_or_below_dense_within_the_cost():
+    stats = sweep({"b1": (2.5, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    v = judge(stats, [])
+    assert (v.status, v.target_group, v.baseline_group, v.unfinished) == ("met", "radial_l", "dense_l", 0)
+    assert [c.budget_label for c in v.cells] == ["b1", "b2"]
+    assert [c.fraction for c in v.cells] == [0.5, 0.7]  # 0.7x exactly is allowed
+    text = "\n".join(verdict_lines(v))
+    assert text.startswith("**Verdict: met.**") and "Provisional" not in text
+    # the loss compared is the inference-routed one (radial_l's training eval loss, 0.0, is ignored)
+    assert "radial_l 2.5000 against dense_l 2.5000 (routed as at inference): +0.0000 nats" in text
+
+
+def test_not_met_says_by_how_much():
+    stats = sweep({"b1": (2.6, 200.0), "b2": (2.2, 320.0)}, {"b1": 2.5, "b2": 2.3})
+    v = judge(stats, [])
+    assert v.status == "not met"
+    lines = verdict_lines(v)
+    b1 = next(x for x in lines if x.startswith("- b1"))
+    b2 = next(x for x in lines if x.startswith("- b2"))
+    assert "not met (loss)" in b1 and "+0.1000 nats (+4.0%)" in b1 and "at 0.50x dense's" in b1
+    assert "not met (cost)" in b2 and "at 0.80x" in b2
+    by = next(x for x in lines if x.startswith("By how much"))
+    assert "radial's loss must fall by 0.1000 nats (4.0%) at b1" in by
+    assert "inference FLOPs per token by 12.5% at b2 (0.80x -> 0.70x)" in by  # 1 - 0.7 / 0.8
+
+
+def test_unfinished_arms_make_it_provisional_or_open():
+    stats = sweep({"b1": (2.4, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    no_b2 = [s for s in stats if not (s.group == "radial_l" and s.budget_label == "b2")]
+    v = judge(no_b2, [("radial_l", "radial", "b2"), ("mod_s", "mod", "b1")])
+    assert v.status == "open" and v.unfinished == 2 and v.cells[1].target is None
+    text = "\n".join(verdict_lines(v))
+    assert "Provisional: 2 arm(s)" in text and "1 of 2 budgets of radial_l / dense_l" in text
+    assert "- b2 (1.2e+14 training FLOPs): not judged yet" in text
+    # a miss already measured stays a miss while other arms run
+    worse = sweep({"b1": (2.6, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    assert judge(worse, [("mod_s", "mod", "b1")]).status == "not met"
+    # a family group with no finished arm: its size is unknown, nothing is judged
+    small_only = [s for s in stats if s.group.endswith("_s")]
+    v = judge(small_only, [("radial_l", "radial", "b1"), ("dense_l", "dense", "b1")])
+    assert v.status == "open" and v.cells == () and "radial_l has finished" in v.why_open
+
+
+def test_training_eval_loss_stands_in_where_inference_was_not_measured():
+    stats = sweep({"b1": (2.4, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    stats = [s if s.group != "radial_l" else stat("radial_l", s.budget_label, 2.6, 200.0, params=12)
+             for s in stats]
+    v = judge(stats, [])
+    assert v.status == "not met" and v.cells[0].loss_gap == pytest.approx(0.1)
+    assert "(training eval)" in "\n".join(verdict_lines(v))
+    assert judge(stats, [], Goal(target="nothing")).why_open == "the sweep has no nothing arm"
