@@ -32,6 +32,7 @@ from radial_jax.sweep.verdict import Verdict, verdict_lines
 @dataclass(frozen=True)
 class PageInputs:
     title: str
+    description: str                # the sweep file's `description:` ("" if none)
     command: str                    # the command that writes this page again
     results: Sequence[ArmResult]    # finished arms
     stats: Sequence[GroupStat]
@@ -141,12 +142,15 @@ def render(p: PageInputs) -> str:
     n_all = len(p.results) + len(p.unfinished)
     partial = bool(p.unfinished)
     md = [f"# {p.title}" + (" (partial)" if partial else ""), ""]
+    if p.description:
+        md += [p.description, ""]
     if partial:
         md += [f"**Partial: {len(p.results)} of {n_all} arms finished.** Unfinished arms are listed at the "
                "end and are in no number or figure; the verdict is provisional.", ""]
     md += ["Regenerate this page (it measures new arms' inference depth, cached beside the figures):", "",
            "```bash", p.command, "```", "", *machine_lines(p.results), "", setup_line(p.configs), ""]
-    md += ["## Verdict", "", *verdict_lines(p.verdict), ""]
+    if p.verdict.status != "n/a":
+        md += ["## Verdict", "", *verdict_lines(p.verdict), ""]
     md += ["## At each size and budget", "",
            "Mean over seeds at equal training FLOPs (each arm's steps = its budget / its training FLOPs "
            "per token), with the min-max over seeds and n; each family against dense at the same size "

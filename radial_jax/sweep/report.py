@@ -15,6 +15,8 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 from radial_jax.config import load_config
 from radial_jax.errors import NotFoundError
 from radial_jax.sweep.aggregate import aggregate, frontier
@@ -36,6 +38,17 @@ def write_csv(results: list[ArmResult], path: Path) -> Path:
         for r in results:
             w.writerow({k: ("" if v is None else v) for k, v in asdict(r).items() if k != "curve"})
     return path
+
+
+def description(root: Path, sweep_file: str | None) -> str:
+    """The sweep file's `description:` and where it is, from the copy `radial sweep` keeps in DIR."""
+    try:
+        doc = yaml.safe_load((root / "sweep.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        doc = None
+    text = doc.get("description", "") if isinstance(doc, dict) else ""
+    where = f"Sweep file: `{sweep_file}`." if sweep_file else ""
+    return " ".join(x for x in (f"{text[:1].upper()}{text[1:]}." if text else "", where) if x)
 
 
 def page_path(root: Path, out: Path | None) -> Path:
@@ -70,9 +83,11 @@ def write_report(root: str | Path, out: str | Path | None = None, *, goal: Goal 
     md = page_path(root, None if out is None else folder)
     rel = "" if out is None else f"{folder.name}/"
     command = shlex.join(["radial", "report", str(root), *(["--out", str(out)] if out is not None else [])])
-    title = f"Sweep report: {arms.manifest.get('sweep') or root.name}"
+    sweep_file = arms.manifest.get("sweep")
+    title = f"Sweep report: {Path(sweep_file).stem if sweep_file else root.name}"
     md.write_text(render(PageInputs(
-        title=title, command=command, results=results, stats=stats, unfinished=arms.unfinished,
+        title=title, description=description(root, sweep_file), command=command, results=results,
+        stats=stats, unfinished=arms.unfinished,
         verdict=verdict, configs=[load_config(d / "config.yaml") for d, _ in arms.finished],
         figures={k: rel + p.name for k, p in paths.items() if p.suffix == ".png"},
         csv=rel + paths["csv"].name)))

@@ -56,7 +56,8 @@ class Cell:
 @dataclass(frozen=True)
 class Verdict:
     goal: Goal
-    status: str                     # "met", "not met", or "open" (nothing, or not everything, judged yet)
+    status: str                     # "met", "not met", "open" (not everything judged yet), or "n/a"
+                                    # (the sweep has no arm of the target or baseline family)
     target_group: str | None
     baseline_group: str | None
     cells: tuple[Cell, ...]
@@ -72,7 +73,7 @@ def _larger(family: str, stats: Sequence[GroupStat], pending_groups: set[str]) -
     if unknown:
         return None, f"no arm of {', '.join(unknown)} has finished, so {family}'s larger size is not known"
     if not known:
-        return None, f"the sweep has no {family} arm"
+        return None, f"the sweep has no {family} arm"  # judge turns this into "n/a"
     return max(known, key=known.get), ""
 
 
@@ -85,7 +86,8 @@ def judge(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str, str]], g
         groups[fam], reason = _larger(fam, stats, {g for g, f, _ in pending if f == fam})
         why = why or reason
     if why:
-        return Verdict(goal, "open", groups[goal.target], groups[goal.baseline], (), len(pending), why)
+        status = "n/a" if why.startswith("the sweep has no") else "open"
+        return Verdict(goal, status, groups[goal.target], groups[goal.baseline], (), len(pending), why)
     tg, bg = groups[goal.target], groups[goal.baseline]
     at = {(s.group, s.budget_label): s for s in stats}
     labels = sorted({lbl for g, lbl in at if g in (tg, bg)} | {lbl for g, _, lbl in pending if g in (tg, bg)},
@@ -103,9 +105,13 @@ def judge(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str, str]], g
     return Verdict(goal, status, tg, bg, cells, len(pending), why)
 
 
+def _name(c: Cell) -> str:
+    return c.budget_label or "its budget"
+
+
 def _budget(c: Cell) -> str:
     s = c.target or c.baseline
-    return f"{c.budget_label} ({s.budget:.3g} training FLOPs)" if s and s.budget else c.budget_label or "-"
+    return f"{_name(c)} (budget {s.budget:.3g})" if s and s.budget else _name(c)
 
 
 def cell_line(c: Cell, v: Verdict) -> str:
@@ -125,7 +131,7 @@ def cell_line(c: Cell, v: Verdict) -> str:
 def verdict_lines(v: Verdict) -> list[str]:
     """Markdown: the verdict, provisional while any arm of the sweep is unfinished, one line per
     budget, and by how much the goal is missed."""
-    word = {"met": "met", "not met": "not met", "open": "not decided yet"}[v.status]
+    word = {"met": "met", "not met": "not met", "open": "not decided yet", "n/a": "not applicable"}[v.status]
     head = f"**Verdict: {word}.** Goal: {v.goal.sentence()}."
     if v.unfinished:
         head += (f" Provisional: {v.unfinished} arm(s) of the sweep are unfinished, so any number below "
@@ -143,10 +149,10 @@ def verdict_lines(v: Verdict) -> list[str]:
         need = []
         if gap.loss_gap > 0:
             need.append(f"{v.goal.target}'s loss must fall by {gap.loss_gap:.4f} nats "
-                        f"({gap.loss_gap / gap.baseline.deployed_loss()[0]:.1%}) at {gap.budget_label}")
+                        f"({gap.loss_gap / gap.baseline.deployed_loss()[0]:.1%}) at {_name(gap)}")
         if frac.fraction > v.goal.max_fraction:
             cut = 1 - v.goal.max_fraction / frac.fraction
-            need.append(f"{v.goal.target}'s inference FLOPs per token by {cut:.1%} at {frac.budget_label} "
+            need.append(f"{v.goal.target}'s inference FLOPs per token by {cut:.1%} at {_name(frac)} "
                         f"({frac.fraction:.2f}x -> {v.goal.max_fraction:.2f}x)")
         lines += ["", "By how much: to meet the goal, " + "; ".join(need) + "."]
     return lines
