@@ -1,9 +1,10 @@
 """The report's verdict on issue 19's goal (radial at or below dense's loss at every budget of the
-larger size, at most 0.7x dense's inference FLOPs per token), from hand-made group numbers."""
+larger size, at most 0.7x dense's inference FLOPs per token) and its sizes, from hand-made numbers."""
 
 import pytest
 
 from radial_jax.sweep.aggregate import GroupStat
+from radial_jax.sweep.tables import comparison_table, sizes
 from radial_jax.sweep.verdict import Goal, judge, verdict_lines
 
 
@@ -81,3 +82,21 @@ def test_training_eval_loss_stands_in_where_inference_was_not_measured():
     assert "(training eval)" in "\n".join(verdict_lines(v))
     v = judge(stats, [], Goal(target="nothing"))
     assert (v.status, v.why_open) == ("n/a", "the sweep has no nothing arm")
+
+
+def test_sizes_wait_for_every_group_of_a_family():
+    stats = sweep({"b1": (2.4, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    size = sizes(stats)
+    assert size.rank == {"dense_s": 0, "radial_s": 0, "dense_l": 1, "radial_l": 1} and size.count == 2
+    assert size.name("radial_l") == "larger size"
+    rows = comparison_table(stats, size).splitlines()[2:]
+    radial_l_b1 = next(r for r in rows if "| radial_l |" in r and "| 3e+13 |" in r)
+    assert radial_l_b1.startswith("| larger size |")
+    assert radial_l_b1.endswith("| -2.5000 | 2.4000 | 200 | 0.50x |")  # training-eval gap, inference loss
+    # dense_s has no finished arm yet: dense_l's size is not known, so nothing is compared with it
+    partial = [s for s in stats if s.group != "dense_s"]
+    size = sizes(partial, [("dense_s", "dense")])
+    assert size.rank["dense_l"] is None and size.rank["radial_l"] == 1
+    rows = comparison_table(partial, size).splitlines()[2:]
+    assert rows[-1].startswith("| not known yet |") and "| dense_l |" in rows[-1]
+    assert all(r.endswith("| - | 2.4000 | 200 | - |") for r in rows if "| radial_l |" in r and "3e+13" in r)

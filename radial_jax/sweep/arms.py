@@ -92,11 +92,12 @@ class Unfinished:
     steps_done: int
     steps: int | None
     seconds: float     # of stopped attempts so far (sweep_time.json)
+    started: bool      # its run dir exists
 
     def status(self) -> str:
         of = f" of {self.steps}" if self.steps else ""
         if self.steps_done == 0:
-            return "not started" if not self.seconds else f"started, no step logged{of}"
+            return f"started, no step logged yet{of}" if self.started else "not started"
         return f"step {self.steps_done}{of}"
 
 
@@ -225,5 +226,5 @@ def arm_dirs(root: Path) -> SweepArms:
             finished.append((d, info))
         else:
             unfinished.append(Unfinished(d.name, info.group, info.family, info.budget_label,
-                                         _logged_steps(d), info.steps, spent_before(d)[0]))
+                                         _logged_steps(d), info.steps, spent_before(d)[0], d.is_dir()))
     return SweepArms(finished, unfinished, manifest)

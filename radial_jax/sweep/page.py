@@ -17,13 +17,15 @@ from radial_jax.config import Config
 from radial_jax.sweep.aggregate import GroupStat, best_per_budget
 from radial_jax.sweep.arms import ArmResult, Unfinished
 from radial_jax.sweep.tables import (
+    Sizes,
+    baseline_of,
     best_lines,
     comparison_table,
     frontier_table,
     markdown_table,
     seeds_table,
     size_name,
-    size_ranks,
+    sizes,
     unfinished_table,
 )
 from radial_jax.sweep.verdict import Verdict, verdict_lines
@@ -74,40 +76,40 @@ def setup_line(configs: Sequence[Config]) -> str:
             f"{_distinct(sorted({c.run.seed for c in configs}))} (run.seed = data.shuffle_seed).")
 
 
-def says(stats: Sequence[GroupStat], baseline: str = "dense") -> str:
+def says(stats: Sequence[GroupStat], size: Sizes, baseline: str = "dense") -> str:
     """What the figures say, in numbers: the best family at each size and budget, and each family's
     inference FLOPs per token against the baseline's."""
-    ranks = size_ranks(stats)
-    n_sizes = max(ranks.values(), default=0) + 1
     cells = []
     for lbl, ss in best_per_budget(stats).items():
-        for rank in range(n_sizes):
-            here = [s for s in ss if ranks[s.group] == rank]
+        for rank in range(size.count):
+            here = [s for s in ss if size.rank.get(s.group) == rank]
             if len(here) > 1:
                 b, nxt = here[0], here[1]
-                cells.append(f"{size_name(rank, n_sizes)}, {lbl or 'all'}: {b.family} "
+                cells.append(f"{size_name(rank, size.count)}, {lbl or 'all'}: {b.family} "
                              f"({b.eval_loss_mean:.4f}, {nxt.eval_loss_mean - b.eval_loss_mean:.4f} below "
                              f"{nxt.family})")
-    ref = {(ranks[s.group], s.budget_label): s for s in stats if s.family == baseline}
+    ref = baseline_of(stats, size, baseline)
     fracs: dict[str, list[float]] = {}
     for s in stats:
-        d = ref.get((ranks[s.group], s.budget_label))
+        d = ref.get((size.rank.get(s.group), s.budget_label))
         if d is not None and s.family != baseline:
             fracs.setdefault(s.family, []).append(s.inference_flops_per_token / d.inference_flops_per_token)
     cost = "; ".join(f"{f} {min(x):.2f}" + (f"-{max(x):.2f}" if max(x) - min(x) >= 0.005 else "") + "x"
                      for f, x in fracs.items())
-    out = "At equal training FLOPs, the lowest mean eval loss: " + ("; ".join(cells) or "-") + "."
+    out = ("At equal training FLOPs, the lowest mean eval loss: " + "; ".join(cells) + "." if cells else
+           "Nothing compared yet: no size and budget has two families finished.")
     if cost:
         out += f" Inference FLOPs per token against {baseline}'s at the same size and budget: {cost}."
     return out
 
 
-def does_not_say(stats: Sequence[GroupStat], configs: Sequence[Config], unfinished: int) -> str:
+def does_not_say(stats: Sequence[GroupStat], size: Sizes, configs: Sequence[Config], unfinished: int
+                 ) -> str:
     """What the figures cannot tell, with the numbers that bound it: seeds, spread, budgets, FLOPs."""
-    ranks = size_ranks(stats)
-    n_sizes = max(ranks.values(), default=0) + 1
-    seeds = [f"{size_name(r, n_sizes)}: {_distinct(sorted({s.n for s in stats if ranks[s.group] == r}))}"
-             for r in range(n_sizes)]
+    by_size: dict[str, set[int]] = {}
+    for s in sorted(stats, key=lambda s: size.key(s.group)):
+        by_size.setdefault(size.name(s.group), set()).add(s.n)
+    seeds = [f"{name}: {_distinct(sorted(ns))}" for name, ns in by_size.items()]
     spread = [(s.eval_loss_max - s.eval_loss_min, s) for s in stats if s.n > 1]
     parts = [f"Seeds per group ({'; '.join(seeds)}): the bars are the min-max of those runs, not a "
              "confidence interval, and a single run has no spread at all"]
@@ -140,6 +142,7 @@ NOTES = ("Active FLOPs/token (train): forward + backward as compiled (routed mod
 
 def render(p: PageInputs) -> str:
     n_all = len(p.results) + len(p.unfinished)
+    size = sizes(p.stats, [(u.group, u.family) for u in p.unfinished])
     partial = bool(p.unfinished)
     md = [f"# {p.title}" + (" (partial)" if partial else ""), ""]
     if p.description:
@@ -154,11 +157,11 @@ def render(p: PageInputs) -> str:
     md += ["## At each size and budget", "",
            "Mean over seeds at equal training FLOPs (each arm's steps = its budget / its training FLOPs "
            "per token), with the min-max over seeds and n; each family against dense at the same size "
-           "and budget.", "", comparison_table(p.stats), ""]
+           "and budget.", "", comparison_table(p.stats, size), ""]
     figs = {k: v for k, v in p.figures.items() if k in ("frontier", "inference")}
     md += ["## Figures", ""] + [f"![{k}]({v})" for k, v in figs.items()] + [""]
-    md += [f"**What they say.** {says(p.stats)}", "",
-           f"**What they do not say.** {does_not_say(p.stats, p.configs, len(p.unfinished))}", ""]
+    md += [f"**What they say.** {says(p.stats, size)}", "",
+           f"**What they do not say.** {does_not_say(p.stats, size, p.configs, len(p.unfinished))}", ""]
     md += ["## Over seeds and the isoFLOP frontier", "", seeds_table(p.stats), "",
            "At each training budget, the family's size with the lowest mean eval loss:", "",
            frontier_table(p.stats), ""]

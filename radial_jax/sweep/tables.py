@@ -4,6 +4,7 @@ frontier, and the comparison at each size and budget (every family against dense
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from radial_jax.markdown import table
 from radial_jax.sweep.aggregate import GroupStat, best_per_budget, frontier
@@ -96,13 +97,35 @@ def frontier_table(stats: Sequence[GroupStat]) -> str:
                             "inference FLOPs/token", "the family's other sizes"], rows))
 
 
-def size_ranks(stats: Sequence[GroupStat]) -> dict[str, int]:
-    """group -> its size within its family (0: fewest parameters)."""
-    ranks = {}
-    for fam in dict.fromkeys(s.family for s in stats):
-        sizes = sorted({(s.params, s.group) for s in stats if s.family == fam})
-        ranks.update({g: i for i, (_, g) in enumerate(sizes)})
-    return ranks
+@dataclass(frozen=True)
+class Sizes:
+    """Each group's size within its family (0: fewest parameters); None while a group of its family
+    has no finished arm, since then the family's order of sizes is not known yet."""
+
+    rank: dict[str, int | None]
+    count: int  # sizes per family: the most groups any family has
+
+    def name(self, group: str) -> str:
+        r = self.rank.get(group)
+        return "not known yet" if r is None else size_name(r, self.count)
+
+    def key(self, group: str) -> int:
+        """For sorting: unknown sizes last."""
+        r = self.rank.get(group)
+        return self.count if r is None else r
+
+
+def sizes(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str]] = ()) -> Sizes:
+    """The sizes of the finished groups; `pending`: (group, family) of unfinished arms."""
+    groups: dict[str, set[str]] = {}
+    for g, f in [*((s.group, s.family) for s in stats), *pending]:
+        groups.setdefault(f, set()).add(g)
+    rank: dict[str, int | None] = {}
+    for fam, all_groups in groups.items():
+        known = sorted({(s.params, s.group) for s in stats if s.family == fam})
+        complete = {g for _, g in known} == all_groups
+        rank.update({g: i if complete else None for i, (_, g) in enumerate(known)})
+    return Sizes(rank, max((len(g) for g in groups.values()), default=1))
 
 
 def size_name(rank: int, n_sizes: int) -> str:
@@ -111,24 +134,28 @@ def size_name(rank: int, n_sizes: int) -> str:
     return named.get((rank, n_sizes), f"size {rank + 1}")
 
 
-def comparison_table(stats: Sequence[GroupStat], baseline: str = "dense") -> str:
+def baseline_of(stats: Sequence[GroupStat], size: Sizes, baseline: str) -> dict[tuple[int, str], GroupStat]:
+    """(size rank, budget label) -> the baseline family's group there (known sizes only)."""
+    return {(size.rank[s.group], s.budget_label): s for s in stats
+            if s.family == baseline and size.rank.get(s.group) is not None}
+
+
+def comparison_table(stats: Sequence[GroupStat], size: Sizes, baseline: str = "dense") -> str:
     """At each size and budget, every family: mean eval loss over seeds (min-max), its gap to the
     baseline family's, the loss routed as at inference, and inference FLOPs per token as a fraction
     of the baseline's."""
-    ranks = size_ranks(stats)
-    n_sizes = max(ranks.values(), default=0) + 1
-    ref = {(ranks[s.group], s.budget_label): s for s in stats if s.family == baseline}
+    ref = baseline_of(stats, size, baseline)
     families = list(dict.fromkeys(s.family for s in stats))
-    order = sorted(stats, key=lambda s: (ranks[s.group], s.budget or s.training_flops,
+    order = sorted(stats, key=lambda s: (size.key(s.group), s.budget or s.training_flops,
                                          families.index(s.family)))
     rows = []
     for s in order:
-        d = ref.get((ranks[s.group], s.budget_label))
+        d = ref.get((size.rank.get(s.group), s.budget_label))
         gap = "-" if d is None or d.eval_loss_mean is None or s.eval_loss_mean is None else (
             f"{s.eval_loss_mean - d.eval_loss_mean:+.4f}")
         inf = spread(s.inference_loss_mean, s.inference_loss_min, s.inference_loss_max, s.n)
         frac = "-" if d is None else f"{s.inference_flops_per_token / d.inference_flops_per_token:.2f}x"
-        rows.append([size_name(ranks[s.group], n_sizes), budget(s), s.family, s.group, f"{s.params:,}",
+        rows.append([size.name(s.group), budget(s), s.family, s.group, f"{s.params:,}",
                      f"{s.training_flops:.3g}", loss_spread(s), gap, inf,
                      short(s.inference_flops_per_token), frac])
     return "\n".join(table(["size", "budget", "family", "group", "params", "training FLOPs (spent)",
