@@ -169,21 +169,19 @@ def test_metrics_never_keep_a_torn_line(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- another process count
 
 
-def test_resume_with_another_process_count_is_refused_saying_what_to_do(tmp_path, reference, capsys):
-    """The data positions of 2 processes cannot be divided for 1: refused, not taken for damage."""
+def test_an_older_per_process_data_position_is_refused_saying_what_to_do(tmp_path, reference, capsys):
+    """A data position saved per process (not per row of the global batch) cannot continue the
+    stream exactly: refused, not taken for damage, and the parameters still load."""
     run = copy_run(reference, tmp_path / "run")
     for step in (4, 8):
         d = run / "checkpoints" / str(step)
-        one = d / "data" / "process_0-of-1.json"
-        for i in range(2):
-            (d / "data" / f"process_{i}-of-2.json").write_bytes(one.read_bytes())
-        one.unlink()
+        (d / "data" / "process_0-of-1.json").write_text(json.dumps({"next_index": 9}))
         write_manifest(d)
     rc, _, err = cli(capsys, "train", run / "config.yaml")
     assert rc == 2 and "Traceback" not in err, err
-    assert err.startswith(f"error: the checkpoint at step 8 in {run / 'checkpoints'} was saved by 2 "
-                          "processes and this run has 1: ")
-    assert "Resume with 2 processes" in err and "damaged" not in err
+    assert err.startswith(f"error: the checkpoint at step 8 in {run / 'checkpoints'} holds a data "
+                          "position saved per process by an older radial_jax")
+    assert "set run.dir to a new folder to start over" in err and "damaged" not in err
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]  # nothing moved
     rc, out, _ = cli(capsys, "eval", "--checkpoint", run, "--batches", "1")
     assert rc == 0 and json.loads(out)["step"] == 8
@@ -310,3 +308,39 @@ def test_a_killed_process_stops_the_other_naming_it_and_the_run_resumes(tmp_path
     assert again.wait(timeout=300) == [0, 0], again.out(0)[-4000:]
     assert f"resumed from {run / 'checkpoints' / '6'}" in again.out(0)
     assert losses(run) == losses(two_reference)
+
+
+def _resume_copy(two_reference: Path, dest: Path) -> Path:
+    """The two-process run as it was after its checkpoint at step 6."""
+    run = copy_run(two_reference, dest)
+    shutil.rmtree(run / "checkpoints" / "12")
+    return run
+
+
+@pytest.mark.slow
+def test_saved_by_two_processes_resumes_on_one_and_on_four_devices(tmp_path, two_reference, capsys):
+    """The data position is global (one per row of the global batch), so one process, with one
+    device or four, continues the two processes' stream: same batches, same losses (1e-5)."""
+    want = losses(two_reference)
+    position = Checkpointer(two_reference / "checkpoints", keep=3, read_only=True)._data_position(6)
+    assert position["batch_size"] == 4 and sorted(position["rows"]) == ["0", "1", "2", "3"]
+    saved = [json.loads(p.read_text())["rows"] for p in
+             sorted((two_reference / "checkpoints" / "6" / "data").glob("process_*-of-2.json"))]
+    assert [sorted(rows) for rows in saved] == [["0", "1"], ["2", "3"]]  # each saved its rows
+
+    one = _resume_copy(two_reference, tmp_path / "one")
+    rc, out, _ = cli(capsys, "train", one / "config.yaml")
+    assert rc == 0 and f"resumed from {one / 'checkpoints' / '6'}" in out
+    assert re.search(r"^mesh: .* devices, 1 process\)$", out, re.M)
+    got = losses(one)
+    assert sorted(got) == sorted(want) == list(range(1, 13))
+    assert got == pytest.approx(want, abs=1e-5, rel=0)
+
+    four = _resume_copy(two_reference, tmp_path / "four")
+    proc = subprocess.run([sys.executable, "-m", "radial_jax.cli", "train", str(four / "config.yaml")],
+                          cwd=ROOT, env=device_env(4, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "(4 cpu devices, 1 process)" in proc.stdout
+    assert f"resumed from {four / 'checkpoints' / '6'}" in proc.stdout
+    assert losses(four) == pytest.approx(want, abs=1e-5, rel=0)

@@ -47,7 +47,8 @@ class ShardingPlan:
         if cfg.data.batch_size % split:
             raise MeshError(f"data.batch_size={cfg.data.batch_size} cannot be split over the "
                             f"{split} batch shards of the mesh ({' x '.join(want)}); make it a "
-                            f"multiple of {split}")
+                            f"multiple of {split}, or (to resume a run, which keeps its batch) "
+                            "use devices, processes or mesh.* sizes whose batch shards divide it")
         return plan
 
     @property

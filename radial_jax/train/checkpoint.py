@@ -3,7 +3,9 @@
 Layout: <run_dir>/checkpoints/<step>/{state, data, config}. Saving is asynchronous (the device-to-host
 copy happens before `save` returns, so the next step may donate the buffers). Restoring takes an
 abstract train state whose shardings say where each array goes, so a run can resume on another mesh;
-`restore_params` reads the parameters alone (how radial_jax.io loads a run's model).
+`restore_params` reads the parameters alone (how radial_jax.io loads a run's model). The data
+position is saved by each process for its rows of the global batch and merged on restore, so a run
+saved by N processes resumes on any number whose rows divide the global batch (data/pipeline.py).
 
 Every step carries a sha256 manifest of all its files (train/manifest.py), written by process 0
 after every process has written its files and before orbax renames the step into place; restoring
@@ -35,6 +37,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from radial_jax.data.pipeline import merge_positions
+from radial_jax.data.sources import DataError
 from radial_jax.errors import UserError
 from radial_jax.train.manifest import has_manifest, verify_manifest, write_manifest
 from radial_jax.train.metrics import human_bytes, say
@@ -53,8 +57,8 @@ class CheckpointWriteError(UserError, OSError):
     folder, the bytes one checkpoint needs and the newest checkpoint that is still intact."""
 
 
-class ProcessCountError(UserError, RuntimeError):
-    """A checkpoint's data-iterator positions were saved by another number of processes."""
+class DataPositionError(UserError, RuntimeError):
+    """A checkpoint's data-iterator position cannot continue this run's data stream exactly."""
 
 
 # errno values (and their texts, as tensorstore reports them) meaning "this folder cannot take it".
@@ -83,30 +87,6 @@ def _reason(e: BaseException) -> str:
     text = (str(e).strip().splitlines() or [type(e).__name__])[0]
     text = text.split(" See full TensorStore details")[0].strip("'\" ")
     return (text[:240] + "...") if len(text) > 240 else text
-
-
-def _retuple(state: Any, under_slices: bool = False) -> Any:
-    """grain's packing marks an empty remainder with the tuple (-1, -1); the JSON of its checkpoint
-    handler turns tuples into lists, and a list never equals the marker, so put tuples back."""
-    if isinstance(state, dict):
-        return {k: _retuple(v, under_slices or k == "remainder_slices") for k, v in state.items()}
-    if isinstance(state, list):
-        return tuple(state) if under_slices else [_retuple(v) for v in state]
-    return state
-
-
-class _DataRestoreTarget:
-    """What grain's checkpoint handler restores into: reads the JSON state, fixes its tuples, sets it
-    on the real iterator (without this a resumed run can see other batches than an unbroken one)."""
-
-    def __init__(self, it: grain.DatasetIterator):
-        self._it = it
-
-    def set_state(self, state: bytes) -> None:
-        self._it.set_state(_retuple(json.loads(state)))
-
-    def start_prefetch(self) -> None:
-        self._it.start_prefetch()
 
 
 @contextlib.contextmanager
@@ -227,30 +207,41 @@ class Checkpointer:
         """Restore into `abstract_state`'s shapes/shardings; moves `data_iter` to the saved position.
 
         CheckpointError (naming the step) if an item is missing, a file cannot be read, or a value
-        is NaN/inf; ProcessCountError if another number of processes saved the data positions."""
-        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        is NaN/inf; DataPositionError if the saved data position cannot continue this run's."""
+        self._check(step)
         if data_iter is not None:
-            self._check_process_count(step)
-            target = _DataRestoreTarget(data_iter) if isinstance(data_iter, grain.DatasetIterator) \
-                else data_iter
-            args["data"] = grain.checkpoint.CheckpointRestore(target)
-        return self._restore_state(step, args)
+            position = self._data_position(step)
+            # grain's handler hands iterators that are not grain datasets their state as JSON bytes.
+            data_iter.set_state(position if isinstance(data_iter, grain.DatasetIterator)
+                                else json.dumps(position).encode())
+        return self._read_state(step, {"state": ocp.args.StandardRestore(abstract_state)})
 
-    def _check_process_count(self, step: int) -> None:
-        """Each process saves its own position in the data stream (grain's `process_I-of-N.json`);
-        N other than this run's process count cannot be split or merged exactly, so refuse."""
-        names = [p.name for p in (self.directory / str(step) / "data").glob("process_*-of-*.json")]
-        counts = {int(n.rsplit("-of-", 1)[1].split(".")[0]) for n in names}
-        n = jax.process_count()
-        if counts and n not in counts:
-            m = max(counts)
-            raise ProcessCountError(
-                f"the checkpoint at step {step} in {self.directory} was saved by {m} process"
-                f"{'es' if m > 1 else ''} and this run has {n}: each process saved its own position "
-                f"in the data stream, which cannot be divided among {n} exactly. Resume with {m} "
-                f"process{'es' if m > 1 else ''} (the devices per process and the mesh may change), "
-                "or set run.dir to a new folder to start over; `radial eval`, `export` and `generate` "
-                "read its parameters with any number of processes and devices.")
+    def _data_position(self, step: int) -> dict:
+        """The global data position of `step`: every process's rows (grain's `process_I-of-N.json`
+        files, one per process that saved) merged, so any number of processes whose rows divide
+        the global batch resumes exactly from it."""
+        files = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
+        try:
+            states = [json.loads(f.read_text()) for f in files]
+        except (OSError, ValueError) as e:
+            raise CheckpointError(self.damaged(step, f"its data position: {_reason(e)}")) from e
+        try:
+            position = merge_positions(states)
+        except DataError as e:
+            if all(isinstance(s, dict) and "rows" in s for s in states):
+                raise CheckpointError(self.damaged(step, f"its data position: {e}")) from None
+            raise DataPositionError(
+                f"the checkpoint at step {step} in {self.directory} holds a data position saved per "
+                "process by an older radial_jax, which this version cannot continue exactly (it "
+                "saves one position per row of the global batch). Resume it with the radial_jax "
+                "version that saved it, or set run.dir to a new folder to start over; `radial "
+                "eval`, `export` and `generate` read its parameters as they are.") from None
+        missing = sorted(set(range(position["batch_size"])) - set(map(int, position["rows"])))
+        if missing:
+            raise CheckpointError(self.damaged(
+                step, f"its data position has no rows {', '.join(map(str, missing))} of the global "
+                f"batch of {position['batch_size']} ({len(files)} process files in data/)"))
+        return position
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step`, into `abstract_params`' shapes/shardings: an orbax partial
@@ -259,17 +250,22 @@ class Checkpointer:
         args = {"state": ocp.args.PyTreeRestore(
             item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
             partial_restore=True)}
-        return self._restore_state(step, args)["params"]
+        self._check(step)
+        return self._read_state(step, args)["params"]
 
-    def _restore_state(self, step: int, args: dict) -> Any:
-        """The restored "state" item; CheckpointError naming the step if it is missing, unreadable
-        or not finite."""
+    def _check(self, step: int) -> None:
+        """CheckpointError naming the step if an item is missing or a file differs from its
+        manifest."""
         missing = self.missing_items(step)
         if missing:
             raise CheckpointError(self.damaged(step, f"missing {', '.join(missing)}"))
         why = self.verify(step)
         if why:
             raise CheckpointError(self.damaged(step, why))
+
+    def _read_state(self, step: int, args: dict) -> Any:
+        """The restored "state" item; CheckpointError naming the step if it is unreadable or not
+        finite."""
         try:
             with _quiet_failed_reads():
                 state = self._mgr.restore(step, args=ocp.args.Composite(**args))["state"]
