@@ -82,9 +82,10 @@ class ModelConfig:
                                 lo=0.0, lo_open=True)
     kv_skip: Literal["mask", "carry"] = _f(
         "mask", "radial: at a step, positions not processed are masked or carry their latest K/V")
-    remat: Literal["none", "block"] = _f(
-        "none", "block: recompute each block's activations in the backward pass (prefix blocks and pool "
-                "layers) instead of keeping them: less memory for about one more forward pass")
+    remat: Literal["none", "block", "dots", "offload"] = _f(
+        "none", "what each block (prefix blocks and pool layers) keeps for the backward pass: block "
+                "recomputes everything (least memory, about one more forward pass), dots keeps the weight "
+                "matmuls' outputs, offload keeps them in host memory (model/remat.py)")
     pool_gather: Literal["once", "per_step"] = _f(
         "once", "radial: FSDP gathers the pool's weights once per train step (kept for the whole step) "
                 "or at every routing step (less memory, T times the collectives)")

@@ -97,6 +97,20 @@ def test_radial_fsdp_gathers_the_pool_once_per_step():
 
 
 @needs_tpu
+@pytest.mark.slow  # one more tiny compile (about 2 minutes on a shared core)
+def test_scanned_step_reports_the_unrolled_steps_flops_and_collectives():
+    """With scan_layers the compiled cost analysis counts the routing scan's body once; the report's
+    per-step FLOPs (the step lowered unrolled) and collectives (loop bodies times their trip count)
+    are the unrolled step's."""
+    _, _, unrolled = compiled("radial", "fsdp")
+    _, _, scanned = compiled("radial", "fsdp", "model.scan_layers=true")
+    flops, want = scanned["flops_per_device"], unrolled["flops_per_device"]["compiled"]
+    assert flops["compiled"] < 0.9 * want
+    assert flops["per_step"] == pytest.approx(want, rel=0.05)
+    assert scanned["collectives"]["bytes"] == pytest.approx(unrolled["collectives"]["bytes"], rel=0.10)
+
+
+@needs_tpu
 def test_pool_parallel_moves_tokens_by_all_to_all():
     _, c, report = compiled("radial", "pool")
     assert c.plan.mesh_shape["pool"] == 2 and c.plan.rules.name == "pool_parallel"
@@ -180,6 +194,34 @@ ENTRY %main (p: bf16[8,128]) -> bf16[32,128] {
     assert kinds["all-gather"]["count"] == 2 and kinds["all-gather"]["bytes"] == 2 * 32 * 128 * 2
     assert kinds["all-reduce"] == {"count": 1, "bytes": 40, "wire_bytes": 40.0}  # 2 x (1/2) x 40
     assert kinds["all-to-all"]["count"] == 1 and kinds["all-to-all"]["bytes"] == 4 * 8 * 128 * 2
+
+
+def test_collectives_in_a_loop_count_its_trip_count():
+    """A scan's body (model.scan_layers) runs trip-count times per step, and so do its collectives,
+    also inside a fusion the body calls; a loop of unknown trip count counts once."""
+    hlo = """
+%fused (a: bf16[8,128]) -> bf16[32,128] {
+  ROOT %ag.2 = bf16[32,128]{1,0} all-gather(%a), replica_groups={{0,1,2,3}}, dimensions={0}
+}
+%body (c: (s32[], f32[10])) -> (s32[], f32[10]) {
+  %ar = f32[10]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+  %f = bf16[32,128]{1,0} fusion(%a), kind=kCustom, calls=%fused
+}
+%cond (c: (s32[], f32[10])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+%body2 (c: (s32[], f32[10])) -> (s32[], f32[10]) {
+  %ar2 = f32[10]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+ENTRY %main (p: f32[10]) -> f32[10] {
+  %w = (s32[], f32[10]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"16"}}
+  %w2 = (s32[], f32[10]) while(%t), condition=%cond, body=%body2
+  %ar3 = f32[10]{0} all-reduce(%p), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+"""
+    kinds = parse_collectives(hlo, 4).by_kind()
+    assert kinds["all-reduce"]["count"] == 16 + 1 + 1 and kinds["all-reduce"]["bytes"] == 18 * 40
+    assert kinds["all-gather"]["count"] == 16 and kinds["all-gather"]["bytes"] == 16 * 32 * 128 * 2
 
 
 def test_chips_table():

@@ -113,17 +113,22 @@ def test_launch_comes_from_flags_then_environment_then_cluster():
         resolve_launch("h:1", 2, 2, env={})
 
 
-def test_radial_1b_config_has_about_a_billion_parameters():
+@pytest.mark.parametrize("size, lo, hi", [("1b", 0.95e9, 1.1e9), ("7b", 6.8e9, 7.3e9)])
+def test_pod_config_pairs_have_their_parameter_counts(size, lo, hi):
+    """radial_{size}.yaml has its size, and its dense twin the same count within 1% (the routers)."""
     import jax
     from flax import nnx
 
     from radial_jax.model.build import build_model
 
-    cfg = load_config(ROOT / "configs" / "radial_1b.yaml")
-    model = nnx.eval_shape(lambda: build_model(cfg))  # shapes only: nothing is allocated
-    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert 0.95e9 <= n <= 1.1e9, n
-    assert cfg.model.kind == "radial" and cfg.model.dtype == "bfloat16"
+    n = {}
+    for kind in ("radial", "dense"):
+        cfg = load_config(ROOT / "configs" / f"{kind}_{size}.yaml")
+        model = nnx.eval_shape(lambda cfg=cfg: build_model(cfg))  # shapes only: nothing is allocated
+        n[kind] = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        assert cfg.model.kind == kind and cfg.model.dtype == "bfloat16"
+    assert lo <= n["radial"] <= hi, n
+    assert 0.99 <= n["dense"] / n["radial"] <= 1.0, n
 
 
 # --------------------------------------------------------------------------- 8 virtual devices

@@ -6,8 +6,9 @@ slice, inside a computation named `all-reduce-scatter`: those count as reduce-sc
 instruction's `bytes` is the largest buffer it touches on one device: the gathered result of an
 all-gather, the whole unreduced buffer of a reduce-scatter, the operand of the others. `wire_bytes`
 estimates what one device sends over a ring: (G-1)/G of the buffer, twice for an all-reduce
-(reduce-scatter + all-gather), once for a collective-permute. Collectives inside while-loop bodies
-are counted once, as written.
+(reduce-scatter + all-gather), once for a collective-permute. A collective inside a while loop
+(a scan: `model.scan_layers`) counts as many times as the loop runs, when the compiler states its
+trip count (`known_trip_count`); the `times` of each instruction says how often it ran per step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ _SHAPE = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
+_REF = re.compile(r"%([\w.-]+)")
+_BODY = re.compile(r"\bbody=%([\w.-]+)")
+_TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 
 @dataclass
 class Collective:
@@ -33,9 +37,11 @@ class Collective:
     bytes: int
     group: int
     shape: str  # the first operand's type, e.g. bf16[20,2048,16,128]
+    times: int = 1  # runs per step: the trip counts of the while loops around it
 
     @property
     def wire_bytes(self) -> float:
+        """What one device sends per run of the instruction (ring estimate)."""
         share = (self.group - 1) / max(self.group, 1)
         if self.kind == "all-reduce":
             return 2 * share * self.bytes
@@ -52,26 +58,26 @@ class CollectiveSummary:
         out = {k: {"count": 0, "bytes": 0, "wire_bytes": 0.0} for k in KINDS}
         for c in self.ops:
             row = out[c.kind]
-            row["count"] += 1
-            row["bytes"] += c.bytes
-            row["wire_bytes"] += c.wire_bytes
+            row["count"] += c.times
+            row["bytes"] += c.bytes * c.times
+            row["wire_bytes"] += c.wire_bytes * c.times
         return out
 
     @property
     def total_bytes(self) -> int:
-        return sum(c.bytes for c in self.ops)
+        return sum(c.bytes * c.times for c in self.ops)
 
     @property
     def wire_bytes(self) -> float:
-        return sum(c.wire_bytes for c in self.ops)
+        return sum(c.wire_bytes * c.times for c in self.ops)
 
     def largest(self, n: int = 10) -> list[dict]:
         """The `n` (kind, operand type) pairs moving the most bytes, with their counts."""
         agg: dict[tuple, list] = {}
         for c in self.ops:
             row = agg.setdefault((c.kind, c.shape), [0, 0])
-            row[0] += 1
-            row[1] += c.bytes
+            row[0] += c.times
+            row[1] += c.bytes * c.times
         top = sorted(agg.items(), key=lambda kv: -kv[1][1])[:n]
         return [{"kind": k, "operand": s, "count": n_, "bytes": b} for (k, s), (n_, b) in top]
 
@@ -107,12 +113,66 @@ def _bytes(kind: str, start: bool, arrays: list[int], group: int) -> int:
     return sum(arrays)
 
 
-def parse_collectives(hlo_text: str, n_devices: int) -> CollectiveSummary:
-    summary, computation = CollectiveSummary(), ""
+def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
+    """{computation name: its lines} and the entry computation's name."""
+    comps: dict[str, list[str]] = {}
+    lines: list[str] = []
+    entry = ""
     for line in hlo_text.splitlines():
         if c := _COMPUTATION.match(line):
-            computation = c.group("name")
+            lines = comps.setdefault(c.group("name"), [])
+            entry = c.group("name") if line.startswith("ENTRY") else entry
             continue
+        lines.append(line)
+    return comps, entry
+
+
+def run_counts(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
+    """How many times each computation runs per execution of `entry`: a while loop's body runs its
+    known trip count times per run of the loop (1 when the compiler does not state it), every other
+    computation a line refers to (fusions, calls, branches, reductions) once per run of that line."""
+    callees: dict[str, list[tuple[str, int]]] = {}
+    for name, lines in comps.items():
+        edges = callees.setdefault(name, [])
+        for line in lines:
+            body = _BODY.search(line)
+            trips = _TRIPS.search(line)
+            for ref in _REF.findall(line.split("=", 1)[1] if "=" in line else line):
+                if ref in comps and ref != name:
+                    edges.append((ref, int(trips.group(1)) if body and trips and ref == body.group(1) else 1))
+    order, seen = [], set()
+
+    def visit(name: str) -> None:  # depth-first post-order: callers after their callees
+        if name in seen:
+            return
+        seen.add(name)
+        for callee, _ in callees.get(name, []):
+            visit(callee)
+        order.append(name)
+
+    visit(entry)
+    counts = dict.fromkeys(order, 0)
+    counts[entry] = 1
+    for name in reversed(order):  # every caller before its callees
+        for callee, k in callees.get(name, []):
+            counts[callee] += counts[name] * k
+    return counts
+
+
+def parse_collectives(hlo_text: str, n_devices: int) -> CollectiveSummary:
+    summary = CollectiveSummary()
+    comps, entry = _split_computations(hlo_text)
+    counts = run_counts(comps, entry) if entry else {}
+    for computation, lines in comps.items():
+        for c in _collectives(computation, lines, n_devices):
+            c.times = counts.get(computation, 1)
+            summary.ops.append(c)
+    return summary
+
+
+def _collectives(computation: str, lines: list[str], n_devices: int) -> list[Collective]:
+    out: list[Collective] = []
+    for line in lines:
         m = _OP.search(line)
         if not m:
             continue
@@ -123,9 +183,9 @@ def parse_collectives(hlo_text: str, n_devices: int) -> CollectiveSummary:
         if kind == "all-reduce" and computation.startswith("all-reduce-scatter"):
             kind = "reduce-scatter"  # all-reduce + slice: the result is the whole buffer already
             group = _group_size(line, n_devices)
-            summary.ops.append(Collective(kind, sum(b for _, b in arrays), group, arrays[0][0]))
+            out.append(Collective(kind, sum(b for _, b in arrays), group, arrays[0][0]))
             continue
         group = _group_size(line, n_devices)
         nbytes = _bytes(kind, start, [b for _, b in arrays], group)
-        summary.ops.append(Collective(kind, nbytes, group, arrays[0][0]))
-    return summary
+        out.append(Collective(kind, nbytes, group, arrays[0][0]))
+    return out

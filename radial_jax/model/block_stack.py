@@ -14,28 +14,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from radial_jax.model.layers import apply_block
+from radial_jax.model.remat import checkpoint
 from radial_jax.parallel.constrain import with_logical_constraint
 
 BSD = ("batch", "length", "embed")
 
 
 def run_blocks(blocks, h_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array, *,
-               remat: bool, scan: bool) -> jax.Array:
+               remat: str, scan: bool) -> jax.Array:
     """h after every block of `blocks` (a sequence of identically built Blocks), each output
-    constrained to its logical axes. `remat`: recompute each block's activations in the backward
-    pass."""
+    constrained to its logical axes. `remat`: what each block keeps for the backward pass
+    (model/remat.py)."""
+    def apply(graphdef):
+        def one(h, state):
+            return with_logical_constraint(nnx.merge(graphdef, state)(h, pos_BxS, mask_Bx1xSxS), BSD)
+        return checkpoint(one, remat)
+
     if not scan or len(blocks) < 2:
-        run = apply_block(remat)
         for block in blocks:
-            h_BxSxD = with_logical_constraint(run(block, h_BxSxD, pos_BxS, mask_Bx1xSxS), BSD)
+            graphdef, state = nnx.split(block)
+            h_BxSxD = apply(graphdef)(h_BxSxD, state)
         return h_BxSxD
-    graphdef, _ = nnx.split(blocks[0])
+    one = apply(nnx.split(blocks[0])[0])
     state_L = jax.tree.map(lambda *w: jnp.stack(w), *[nnx.split(block)[1] for block in blocks])
-
-    def one(h, state):
-        return with_logical_constraint(nnx.merge(graphdef, state)(h, pos_BxS, mask_Bx1xSxS), BSD)
-
-    one = jax.checkpoint(one) if remat else one
     h_BxSxD, _ = jax.lax.scan(lambda h, state: (one(h, state), None), h_BxSxD, state_L)
     return h_BxSxD

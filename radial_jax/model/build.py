@@ -30,7 +30,7 @@ def build_model(cfg: Config, seed: int | None = None) -> nnx.Module:
     rngs = nnx.Rngs(params=cfg.run.seed if seed is None else seed)
     dtype = jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32
     common = dict(vocab_size=m.vocab_size, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
-                  remat=m.remat == "block", scan_layers=m.scan_layers, norm_eps=m.norm_eps, dtype=dtype,
+                  remat=m.remat, scan_layers=m.scan_layers, norm_eps=m.norm_eps, dtype=dtype,
                   block_kwargs=block_kwargs(cfg), embed_kwargs=embed_kwargs(cfg), rngs=rngs)
     if m.kind == "dense":
         return DenseLM(n_layers=m.n_layers, **common)

@@ -18,8 +18,8 @@ BSD = ("batch", "length", "embed")
 class DenseLM(nnx.Module):
     def __init__(self, *, vocab_size: int, n_layers: int, tie_embeddings: bool, init_std: float,
                  norm_eps: float, dtype, block_kwargs: dict, rngs: nnx.Rngs,
-                 embed_kwargs: dict | None = None, remat: bool = False, scan_layers: bool = False):
-        """`remat`: recompute each block's activations in the backward pass (model.remat=block).
+                 embed_kwargs: dict | None = None, remat: str = "none", scan_layers: bool = False):
+        """`remat`: what each block keeps for the backward pass (model/remat.py).
         `scan_layers`: run the blocks as one scan (model/block_stack.py)."""
         embed_kwargs = embed_kwargs or {}
         self.remat, self.scan_layers = remat, scan_layers

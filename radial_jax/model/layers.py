@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float | None,
@@ -147,6 +148,9 @@ class Attention(nnx.Module):
             q_BxSxHxK = q_BxSxHxK + self.bq[...].astype(self.dtype)
             k_BxSxGxK = k_BxSxGxK + self.bk[...].astype(self.dtype)
             v_BxSxGxK = v_BxSxGxK + self.bv[...].astype(self.dtype)
+        q_BxSxHxK = checkpoint_name(q_BxSxHxK, "q_proj")  # names for model.remat's policies (remat.py)
+        k_BxSxGxK = checkpoint_name(k_BxSxGxK, "k_proj")
+        v_BxSxGxK = checkpoint_name(v_BxSxGxK, "v_proj")
         if self.rope:
             q_BxSxHxK = apply_rope(q_BxSxHxK, pos_BxS, self.rope_theta)
             k_BxSxGxK = apply_rope(k_BxSxGxK, pos_BxS, self.rope_theta)
@@ -167,7 +171,8 @@ class Attention(nnx.Module):
     def project(self, o_BxSxHxK: jax.Array) -> jax.Array:
         """The heads' outputs projected back to width D (attention's only weights after q, k, v)."""
         out_BxSxD = jnp.einsum("bshk,hkd->bsd", o_BxSxHxK, self.wo[...].astype(self.dtype))
-        return out_BxSxD if self.bo is None else out_BxSxD + self.bo[...].astype(self.dtype)
+        out_BxSxD = out_BxSxD if self.bo is None else out_BxSxD + self.bo[...].astype(self.dtype)
+        return checkpoint_name(out_BxSxD, "attn_out")
 
 
 _ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -193,7 +198,7 @@ class MLP(nnx.Module):
 
     def _in(self, x, w, b):
         y = jnp.einsum("bsd,df->bsf", x, w[...].astype(self.dtype))
-        return y + b[...].astype(self.dtype) if self.bias else y
+        return checkpoint_name(y + b[...].astype(self.dtype) if self.bias else y, "mlp_in")
 
     def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
         x = x_BxSxD.astype(self.dtype)
@@ -203,7 +208,7 @@ class MLP(nnx.Module):
         else:
             u = _ACTIVATIONS[self.kind](u)
         y = jnp.einsum("bsf,fd->bsd", u, self.w_down[...].astype(self.dtype))
-        return y + self.b_down[...].astype(self.dtype) if self.bias else y
+        return checkpoint_name(y + self.b_down[...].astype(self.dtype) if self.bias else y, "mlp_out")
 
 
 class Block(nnx.Module):
@@ -251,10 +256,3 @@ class Block(nnx.Module):
     def __call__(self, x_BxSxD: jax.Array, pos_BxS: jax.Array, mask_Bx1xSxS: jax.Array):
         q, k, v = self.qkv(x_BxSxD, pos_BxS)
         return self.finish(x_BxSxD, q, k, v, mask_Bx1xSxS)
-
-
-def apply_block(remat: bool):
-    """(block, h, pos, mask) -> block(h, pos, mask); with `remat`, its activations are recomputed in the
-    backward pass instead of kept (jax.checkpoint), for the prefix and dense models' blocks."""
-    run = lambda block, h, pos, mask: block(h, pos, mask)
-    return nnx.remat(run) if remat else run

@@ -32,6 +32,7 @@ from radial_jax.model.embed import Embedder
 from radial_jax.model.layers import Block, attention_mask
 from radial_jax.model.outputs import ModelAux
 from radial_jax.model.policy import History
+from radial_jax.model.remat import checkpoint
 from radial_jax.model.route_stats import stack_rows, step_stats, summarize
 from radial_jax.model.router import Router
 from radial_jax.model.routing import (
@@ -54,9 +55,9 @@ class RadialLM(nnx.Module):
     def __init__(self, *, vocab_size: int, pool_size: int, steps: int, prefix_layers: int,
                  capacity_factor: float, kv_skip: str, router: RouterConfig, routing: RoutingConfig,
                  tie_embeddings: bool, init_std: float, norm_eps: float, dtype, block_kwargs: dict,
-                 rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: bool = False,
+                 rngs: nnx.Rngs, embed_kwargs: dict | None = None, remat: str = "none",
                  pool_gather: str = "once", scan_layers: bool = False):
-        """`remat`: recompute the prefix blocks' and pool layers' activations in the backward pass.
+        """`remat`: what the prefix blocks and pool layers keep for the backward pass (model/remat.py).
         `pool_gather`: `once` per forward pass (see `gathered_pool`) or `per_step` (at each use).
         `scan_layers`: run the prefix blocks and the T routing steps as scans, so the compiled
         forward pass holds one block and one routing step whatever the depth."""
@@ -122,7 +123,7 @@ class RadialLM(nnx.Module):
         def one(state_p, *a):
             return getattr(nnx.merge(graphdef, state_p), method)(*a, **kwargs)
 
-        return jax.vmap(jax.checkpoint(one) if self.remat else one, in_axes=(0, *in_axes))(state, *args)
+        return jax.vmap(checkpoint(one, self.remat), in_axes=(0, *in_axes))(state, *args)
 
     def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None, pool: nnx.State | None = None):
         return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0), layer=layer, pool=pool)
