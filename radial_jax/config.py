@@ -155,9 +155,10 @@ class DataConfig:
     valid_percent: float = _f(5.0, "builtin source: percent of documents (by path hash) held out",
                               lo=0.0, hi=50.0, lo_open=True)
     shuffle_seed: int = _f(0, "seed of the per-epoch document shuffle", lo=0)
-    shuffle_rows: int = _f(2048, "train: packed rows held in shuffle windows in all (shuffle_rows "
-                                 "/ batch_size per row of the batch), so a long document's rows "
-                                 "spread over steps (0 = off)", lo=0)
+    shuffle_rows: int = _f(2048, "train: packed rows mixed in a shuffle window, so a batch draws "
+                                 "on many documents (0 = off)", lo=0)
+    streams: int = _f(0, "data streams the batch is dealt from; a run resumes on any process count "
+                         "dividing it (0 = one per process of the run that starts it)", lo=0)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ TFDS sources, and the builtin stdlib corpus."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_packing_is_sound_and_loses_nothing(tmp_path):
     cfg = text_cfg(tmp_path, seq_len=16, batch_size=3, valid_files=[str(tmp_path / "*.txt")])
     batches = make_eval_batches(cfg, TOK, 12)
     S = cfg.seq_len
-    streams = [[], [], []]  # one per row of the batch
+    stream = []
     for b in batches:
         assert all(v.shape == (3, S) for v in b.values())
         assert {k: v.dtype for k, v in b.items()} == {"inputs": np.int32, "targets": np.int32,
@@ -195,55 +196,38 @@ def test_packing_is_sound_and_loses_nothing(tmp_path):
                     assert inp[i] == tgt[i]  # same letter = same document
             for s in np.unique(seg):  # positions count 0, 1, ... inside every piece
                 np.testing.assert_array_equal(pos[seg == s], np.arange((seg == s).sum()))
-            streams[r] += [*inp, tgt[-1]]
-    # Row r's rows concatenated give back documents r, r + 3, r + 6, ... of the split's fixed
-    # shuffled order, with BOS/EOS.
+            stream += [*inp, tgt[-1]]
+    # Rows concatenated give back the documents, in the split's fixed shuffled order, with BOS/EOS.
     src = make_source(cfg, "valid")
     assert sorted(src[i] for i in range(len(src))) == sorted(t for t in texts if t)
     order = grain.MapDataset.source(src).shuffle(seed=pipeline._VALID_SEED).repeat(None)
-    for r, stream in enumerate(streams):
-        docs = [TOK.encode(order[i]) for i in range(r, 12 * len(texts), 3) if order[i]]
-        np.testing.assert_array_equal(np.array(stream), np.concatenate(docs)[:len(stream)])
+    docs = [TOK.encode(order[i]) for i in range(4 * len(texts)) if order[i]]
+    np.testing.assert_array_equal(np.array(stream), np.concatenate(docs)[:len(stream)])
 
 
-def row_docs(batches: list[dict], row: int) -> list[str]:
-    return doc_starts([{k: v[row:row + 1] for k, v in b.items()} for b in batches])
-
-
-def test_train_order_is_shuffled_reshuffled_every_epoch_and_dealt_to_the_rows(tmp_path):
+def test_train_order_is_shuffled_and_reshuffled_every_epoch(tmp_path):
     letter_docs(tmp_path, [3] * 20)
     cfg = text_cfg(tmp_path, seq_len=32, batch_size=2, valid_files=[str(tmp_path / "doc00.txt")])
-    batches = take(make_iterator(cfg, "train", tokenizer=TOK, seed=1), 12)
-    rows = [row_docs(batches, r) for r in range(2)]  # 5 tokens a document: ~6.6 a row
-    # The shuffled order is dealt round-robin: row 0 takes documents 0, 2, 4, ..., row 1 the rest.
-    starts = [d for pair in zip(*rows, strict=False) for d in pair]
+    starts = doc_starts(take(make_iterator(cfg, "train", tokenizer=TOK, seed=1), 12))
     first, second = starts[:20], starts[20:40]
     assert sorted(first) == sorted(second) == sorted(LETTERS[:20])
     assert first != second and first != sorted(first)
-    again = take(make_iterator(cfg, "train", tokenizer=TOK, seed=1), 12)
-    other = take(make_iterator(cfg, "train", tokenizer=TOK, seed=2), 12)
-    assert [row_docs(again, r) for r in range(2)] == rows
-    assert [row_docs(other, r) for r in range(2)] != rows
+    again = doc_starts(take(make_iterator(cfg, "train", tokenizer=TOK, seed=1), 12))
+    other = doc_starts(take(make_iterator(cfg, "train", tokenizer=TOK, seed=2), 12))
+    assert again == starts and other != starts
 
 
 def test_row_shuffle_window_mixes_documents_and_resumes_exactly(tmp_path):
     letter_docs(tmp_path, [200] * 12)  # long documents: each fills many consecutive rows
     plain = text_cfg(tmp_path, seq_len=16, batch_size=4, valid_files=[str(tmp_path / "doc00.txt")])
     mixed = text_cfg(tmp_path, seq_len=16, batch_size=4, valid_files=[str(tmp_path / "doc00.txt")],
-                     shuffle_rows=64)  # a window of 16 rows in each row's stream
+                     shuffle_rows=64)
 
-    def docs(cfg):
+    def docs_per_batch(cfg):
         batches = take(make_iterator(cfg, "train", tokenizer=TOK, seed=3), 10)
-        return [set(b["inputs"][r][b["inputs"][r] < 256].tolist()) for b in batches for r in range(4)]
+        return np.mean([len(set(b["inputs"][b["inputs"] < 256].tolist())) for b in batches])
 
-    # Every batch draws on 4 documents (one stream of documents per row), with or without the
-    # window; the window spreads a long document's rows over steps, so a row switches documents.
-    switches = []
-    for cfg in (plain, mixed):
-        rows = docs(cfg)
-        assert all(len(set().union(*rows[i:i + 4])) == 4 for i in range(0, 40, 4))
-        switches.append(sum(rows[i] != rows[i + 4] for i in range(len(rows) - 4)))
-    assert switches[0] <= 4 < switches[1], switches
+    assert docs_per_batch(mixed) > 1.5 * docs_per_batch(plain)
     _assert_resumes_exactly(mixed, after=5, then=6)
 
 
@@ -308,51 +292,17 @@ def test_iterator_resumes_through_grain_orbax_handler(tmp_path):
     _assert_same(take(resumed, 6), expected)
 
 
-def test_processes_load_their_rows_of_the_one_global_batch_and_resume_on_another_count(tmp_path):
-    """The batches do not depend on the number of processes: each loads its slice of the rows, and
-    positions saved by 2 processes, merged, resume 1 or 4 exactly (after a JSON round trip)."""
-    letter_docs(tmp_path, [50, 7, 33, 120, 4, 18, 64, 9, 3, 3, 3, 40, 11, 2, 27])
-    cfg = text_cfg(tmp_path, seq_len=16, batch_size=4, valid_files=[str(tmp_path / "doc00.txt")],
-                   shuffle_rows=8)  # a window of 2 rows in each row's stream
-    whole = take(make_iterator(cfg, "train", tokenizer=TOK, seed=5), 8)
-    two = [make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p, process_count=2)
-           for p in range(2)]
-    seen = []  # the global batches of the two processes, then of the resumed run
-    for _ in range(4):
-        parts = [next(it) for it in two]
-        assert parts[0]["inputs"].shape == (2, 16)  # the global batch of 4 split in two
-        seen.append({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-    _assert_same(seen, whole[:4])
-    position = pipeline.merge_positions([json.loads(json.dumps(it.get_state())) for it in two])
-    assert sorted(position["rows"]) == ["0", "1", "2", "3"] and position["batch_size"] == 4
-    one = make_iterator(cfg, "train", tokenizer=TOK, seed=5)
-    one.set_state(position)
-    resumed = take(one, 4)
-    _assert_same(resumed, whole[4:])
-    four = [make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p, process_count=4)
-            for p in range(4)]
-    for it in four:
-        it.set_state(position)
-    for b in whole[4:]:
-        parts = [next(it) for it in four]
-        _assert_same([{k: np.concatenate([p[k] for p in parts]) for k in b}], [b])
-    # Document ids: row r reads documents r, r + 4, r + 8, ... of the shuffled order (its packed
-    # rows mixed in windows of 2); its 8 rows hold the first 8 * 17 tokens of that stream, each
-    # once, across the stop: the resumed run reads no document again and skips none.
-    order = grain.MapDataset.source(make_source(cfg, "train")).shuffle(seed=5).repeat(None)
-    mixed = []
-    for r in range(4):
-        rows = [[*b["inputs"][r], b["targets"][r][-1]] for b in seen + resumed]
-        docs, i = [], r
-        while sum(map(len, docs)) < 8 * 17:
-            docs.append(TOK.encode(order[i]))
-            i += 4
-        stream = np.concatenate(docs)[:8 * 17]
-        assert sorted(t for row in rows for t in row) == sorted(stream)
-        mixed.append(rows != [list(stream[k * 17:(k + 1) * 17]) for k in range(8)])
-    assert any(mixed)  # and the windows did reorder rows
-    with pytest.raises(DataError, match="not per row of one global batch"):
-        pipeline.merge_positions([{"next_index": 3}])  # an older per-process state
+def test_processes_see_disjoint_documents_that_cover_the_corpus(tmp_path):
+    letter_docs(tmp_path, [3] * 20)
+    cfg = text_cfg(tmp_path, seq_len=32, batch_size=4, valid_files=[str(tmp_path / "doc00.txt")])
+    seen = []
+    for p in range(2):
+        batches = take(make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p,
+                                     process_count=2), 4)
+        assert batches[0]["inputs"].shape == (2, 32)  # the global batch of 4 split in two
+        seen.append(doc_starts(batches)[:10])  # the first epoch: 20 documents / 2 processes
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(LETTERS[:20])
 
 
 # --------------------------------------------------------------------------- tfds
@@ -437,3 +387,79 @@ def test_builtin_corpus_builds_once_and_splits_by_path_hash(tmp_path, capsys):
     assert src.path(0) == paths["valid"][0] and len(src[0]) > 0
     batch = next(make_iterator(cfg, "train", tokenizer=TOK, seed=0))
     assert batch["inputs"].shape == (2, 32)
+
+
+def numbered_docs(tmp_path: Path, n: int = 256) -> DataConfig:
+    """`n` short documents of varied lengths in one .jsonl (many documents keep grain's shuffle of
+    the order cheap), one held-out document."""
+    lines = [json.dumps({"text": f"<{i}>" + "x" * (i * 7 % 40)}) for i in range(n)]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "valid.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    return DataConfig(source="text", train_files=[str(tmp_path / "train.jsonl")],
+                      valid_files=[str(tmp_path / "valid.jsonl")], seq_len=16, batch_size=4,
+                      shuffle_rows=4)
+
+
+def _joined(iters) -> dict:
+    parts = [next(it) for it in iters]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_positions_saved_by_two_processes_resume_on_one_and_on_four(tmp_path):
+    """data.streams=4: the batches do not depend on the number of processes, and the positions
+    two processes saved, merged (after a JSON round trip), resume 1 or 4 processes exactly: each
+    stream goes on with the document tokens that follow, none read again, none skipped."""
+    cfg = dataclasses.replace(numbered_docs(tmp_path), streams=4)
+    whole = take(make_iterator(cfg, "train", tokenizer=TOK, seed=5), 8)
+    two = [make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p, process_count=2)
+           for p in range(2)]
+    assert two[1].get_state()["streams"].keys() == {"2", "3"}  # process 1 loads streams 2 and 3
+    seen = [_joined(two) for _ in range(4)]
+    _assert_same(seen, whole[:4])
+    position = pipeline.merge_positions(
+        [(p, 2, json.loads(json.dumps(it.get_state()))) for p, it in enumerate(two)])
+    assert position["stream_count"] == 4 and sorted(position["streams"]) == ["0", "1", "2", "3"]
+    one = make_iterator(cfg, "train", tokenizer=TOK, seed=5)
+    one.set_state(position)
+    resumed = take(one, 4)
+    _assert_same(resumed, whole[4:])
+    four = [make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p, process_count=4)
+            for p in range(4)]
+    for it in four:
+        it.set_state(position)
+    _assert_same([_joined(four) for _ in range(4)], whole[4:])
+    # Document ids: stream s (row s) reads documents s, s + 4, ... of the shuffled order, its rows
+    # mixed in windows of 4; its 8 rows hold the first 8 * 17 tokens of those documents, each once.
+    order = grain.MapDataset.source(make_source(cfg, "train")).shuffle(seed=5).repeat(None)
+    for s in range(4):
+        rows = [[*b["inputs"][s], b["targets"][s][-1]] for b in seen + resumed]
+        texts, i = [], s
+        while sum(len(t) + 2 for t in texts) < 8 * 17:
+            texts.append(order[i])
+            i += 4
+        tokens = np.concatenate([TOK.encode(t) for t in texts])[:8 * 17]
+        assert sorted(t for row in rows for t in row) == sorted(tokens)
+        ids = [int(t[1:t.index(">")]) for t in texts]
+        assert len(set(ids)) == len(ids) > 3  # distinct documents: no repeat in the first epoch
+
+
+def test_by_default_a_run_keeps_one_stream_per_process_that_started_it(tmp_path):
+    """data.streams=0: two processes deal from 2 streams; one process resumes them (also from the
+    bare per-process states of the older pipeline, which are those streams); four cannot divide
+    them and are told what to do."""
+    cfg = numbered_docs(tmp_path)
+    two = [make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=p, process_count=2)
+           for p in range(2)]
+    assert [_joined(two)["inputs"].shape for _ in range(3)] == [(4, 16)] * 3
+    states = [it.get_state() for it in two]
+    assert [s["stream_count"] for s in states] == [2, 2]
+    expected = [_joined(two) for _ in range(3)]
+    for saved in ([(p, 2, s) for p, s in enumerate(states)],
+                  [(p, 2, s["streams"][str(p)]) for p, s in enumerate(states)]):  # bare states
+        one = make_iterator(cfg, "train", tokenizer=TOK, seed=5, streams=2)
+        one.set_state(pipeline.merge_positions(saved))
+        _assert_same(take(one, 3), expected)
+    with pytest.raises(DataError, match=r"the 2 data streams of this run .* cannot be divided among "
+                                        r"4 processes \(batch shards\): run on 1 or 2 processes"):
+        make_iterator(cfg, "train", tokenizer=TOK, seed=5, process_index=0, process_count=4,
+                      streams=2)

@@ -169,22 +169,19 @@ def test_metrics_never_keep_a_torn_line(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- another process count
 
 
-def test_an_older_per_process_data_position_is_refused_saying_what_to_do(tmp_path, reference, capsys):
-    """A data position saved per process (not per row of the global batch) cannot continue the
-    stream exactly: refused, not taken for damage, and the parameters still load."""
+def test_a_data_position_saved_before_streams_were_named_resumes_exactly(tmp_path, reference,
+                                                                         capsys):
+    """A process's file holding its bare grain state (as saved before positions named their
+    streams) is stream I of N: the run resumes and trains as the uninterrupted one."""
     run = copy_run(reference, tmp_path / "run")
-    for step in (4, 8):
-        d = run / "checkpoints" / str(step)
-        (d / "data" / "process_0-of-1.json").write_text(json.dumps({"next_index": 9}))
-        write_manifest(d)
-    rc, _, err = cli(capsys, "train", run / "config.yaml")
-    assert rc == 2 and "Traceback" not in err, err
-    assert err.startswith(f"error: the checkpoint at step 8 in {run / 'checkpoints'} holds a data "
-                          "position saved per process by an older radial_jax")
-    assert "set run.dir to a new folder to start over" in err and "damaged" not in err
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]  # nothing moved
-    rc, out, _ = cli(capsys, "eval", "--checkpoint", run, "--batches", "1")
-    assert rc == 0 and json.loads(out)["step"] == 8
+    shutil.rmtree(run / "checkpoints" / "8")
+    d = run / "checkpoints" / "4"
+    f = d / "data" / "process_0-of-1.json"
+    f.write_text(json.dumps(json.loads(f.read_text())["streams"]["0"]))
+    write_manifest(d)
+    rc, out, _ = cli(capsys, "train", run / "config.yaml")
+    assert rc == 0 and f"resumed from {d}" in out
+    assert losses(run) == losses(reference)
 
 
 # --------------------------------------------------------------------------- two processes
@@ -319,14 +316,13 @@ def _resume_copy(two_reference: Path, dest: Path) -> Path:
 
 @pytest.mark.slow
 def test_saved_by_two_processes_resumes_on_one_and_on_four_devices(tmp_path, two_reference, capsys):
-    """The data position is global (one per row of the global batch), so one process, with one
-    device or four, continues the two processes' stream: same batches, same losses (1e-5)."""
+    """Each process saved the position of its data stream (data.streams=0: one per process that
+    started the run); one process, with one device or four, takes both streams on: same batches,
+    same losses (1e-5)."""
     want = losses(two_reference)
-    position = Checkpointer(two_reference / "checkpoints", keep=3, read_only=True)._data_position(6)
-    assert position["batch_size"] == 4 and sorted(position["rows"]) == ["0", "1", "2", "3"]
-    saved = [json.loads(p.read_text())["rows"] for p in
+    saved = [json.loads(p.read_text()) for p in
              sorted((two_reference / "checkpoints" / "6" / "data").glob("process_*-of-2.json"))]
-    assert [sorted(rows) for rows in saved] == [["0", "1"], ["2", "3"]]  # each saved its rows
+    assert [(s["stream_count"], list(s["streams"])) for s in saved] == [(2, ["0"]), (2, ["1"])]
 
     one = _resume_copy(two_reference, tmp_path / "one")
     rc, out, _ = cli(capsys, "train", one / "config.yaml")

@@ -4,8 +4,8 @@ Layout: <run_dir>/checkpoints/<step>/{state, data, config}. Saving is asynchrono
 copy happens before `save` returns, so the next step may donate the buffers). Restoring takes an
 abstract train state whose shardings say where each array goes, so a run can resume on another mesh;
 `restore_params` reads the parameters alone (how radial_jax.io loads a run's model). The data
-position is saved by each process for its rows of the global batch and merged on restore, so a run
-saved by N processes resumes on any number whose rows divide the global batch (data/pipeline.py).
+position is saved by each process for its data streams and merged on restore, so a run saved by N
+processes resumes on any number of processes that divides its stream count (data/pipeline.py).
 
 Every step carries a sha256 manifest of all its files (train/manifest.py), written by process 0
 after every process has written its files and before orbax renames the step into place; restoring
@@ -26,6 +26,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,7 +39,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from radial_jax.data.pipeline import merge_positions
-from radial_jax.data.sources import DataError
 from radial_jax.errors import UserError
 from radial_jax.train.manifest import has_manifest, verify_manifest, write_manifest
 from radial_jax.train.metrics import human_bytes, say
@@ -55,10 +55,6 @@ class CheckpointError(UserError, RuntimeError):
 class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (disk full, read-only, no permission); the message names the
     folder, the bytes one checkpoint needs and the newest checkpoint that is still intact."""
-
-
-class DataPositionError(UserError, RuntimeError):
-    """A checkpoint's data-iterator position cannot continue this run's data stream exactly."""
 
 
 # errno values (and their texts, as tensorstore reports them) meaning "this folder cannot take it".
@@ -207,7 +203,7 @@ class Checkpointer:
         """Restore into `abstract_state`'s shapes/shardings; moves `data_iter` to the saved position.
 
         CheckpointError (naming the step) if an item is missing, a file cannot be read, or a value
-        is NaN/inf; DataPositionError if the saved data position cannot continue this run's."""
+        is NaN/inf; DataError if `data_iter` reads other data streams than the checkpoint saved."""
         self._check(step)
         if data_iter is not None:
             position = self._data_position(step)
@@ -217,31 +213,33 @@ class Checkpointer:
         return self._read_state(step, {"state": ocp.args.StandardRestore(abstract_state)})
 
     def _data_position(self, step: int) -> dict:
-        """The global data position of `step`: every process's rows (grain's `process_I-of-N.json`
-        files, one per process that saved) merged, so any number of processes whose rows divide
-        the global batch resumes exactly from it."""
+        """The global data position of `step`: the streams every process saved (grain's
+        `process_I-of-N.json`, one file per process) merged, so any number of processes that
+        divides the stream count resumes exactly from it."""
         files = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
         try:
-            states = [json.loads(f.read_text()) for f in files]
-        except (OSError, ValueError) as e:
+            saved = [(*map(int, re.findall(r"\d+", f.name)[-2:]), json.loads(f.read_text()))
+                     for f in files]
+            position = merge_positions(saved)
+        except (OSError, ValueError) as e:  # json and DataError are ValueErrors
             raise CheckpointError(self.damaged(step, f"its data position: {_reason(e)}")) from e
-        try:
-            position = merge_positions(states)
-        except DataError as e:
-            if all(isinstance(s, dict) and "rows" in s for s in states):
-                raise CheckpointError(self.damaged(step, f"its data position: {e}")) from None
-            raise DataPositionError(
-                f"the checkpoint at step {step} in {self.directory} holds a data position saved per "
-                "process by an older radial_jax, which this version cannot continue exactly (it "
-                "saves one position per row of the global batch). Resume it with the radial_jax "
-                "version that saved it, or set run.dir to a new folder to start over; `radial "
-                "eval`, `export` and `generate` read its parameters as they are.") from None
-        missing = sorted(set(range(position["batch_size"])) - set(map(int, position["rows"])))
+        n = position["stream_count"]
+        missing = sorted(set(range(n)) - set(map(int, position["streams"])))
         if missing:
             raise CheckpointError(self.damaged(
-                step, f"its data position has no rows {', '.join(map(str, missing))} of the global "
-                f"batch of {position['batch_size']} ({len(files)} process files in data/)"))
+                step, f"its data position lacks stream{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} of {n} ({len(files)} process files in data/)"))
         return position
+
+    def data_streams(self) -> int | None:
+        """The number of data streams of the newest checkpoint whose data position reads (a
+        resumed run keeps them), or None if there is none."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self._data_position(step)["stream_count"]
+            except CheckpointError:
+                pass
+        return None
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the parameters of `step`, into `abstract_params`' shapes/shardings: an orbax partial

@@ -76,8 +76,10 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
 
     tokenizer = tokenizer_for(cfg)
     say(describe(cfg.data))
+    # data.streams=0: one stream per batch shard of the run that starts it, kept on resume.
+    streams = cfg.data.streams or ckpt.data_streams() or n_shards
     data_iter = make_iterator(cfg.data, "train", tokenizer=tokenizer, seed=cfg.data.shuffle_seed,
-                              process_index=shard, process_count=n_shards)
+                              process_index=shard, process_count=n_shards, streams=streams)
     eval_host = make_eval_batches(cfg.data, tokenizer, t.eval_batches)
     eval_batches = [plan.batch_from_full(b) for b in eval_host]
 
