@@ -327,6 +327,7 @@ def test_saved_by_two_processes_resumes_on_one_and_on_four_devices(tmp_path, two
     one = _resume_copy(two_reference, tmp_path / "one")
     rc, out, _ = cli(capsys, "train", one / "config.yaml")
     assert rc == 0 and f"resumed from {one / 'checkpoints' / '6'}" in out
+    assert "data: 2 streams over 1 batch shard (2 each)" in out
     assert re.search(r"^mesh: .* devices, 1 process\)$", out, re.M)
     got = losses(one)
     assert sorted(got) == sorted(want) == list(range(1, 13))

@@ -80,6 +80,9 @@ def train(cfg: Config, *, stop_after: int | None = None, resume_command: str | N
     streams = cfg.data.streams or ckpt.data_streams() or n_shards
     data_iter = make_iterator(cfg.data, "train", tokenizer=tokenizer, seed=cfg.data.shuffle_seed,
                               process_index=shard, process_count=n_shards, streams=streams)
+    if streams != n_shards:
+        say(f"data: {streams} streams over {n_shards} batch shard{'s' if n_shards > 1 else ''} "
+            f"({streams // n_shards} each)")
     eval_host = make_eval_batches(cfg.data, tokenizer, t.eval_batches)
     eval_batches = [plan.batch_from_full(b) for b in eval_host]
 
