@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from radial_jax.model import decode
 from radial_jax.model import dispatch as dsp
 from radial_jax.model.build import build_model
 from radial_jax.model.decode import decode_step, prefill, unstack_weights
@@ -198,16 +199,17 @@ def test_decode_step_reads_and_writes_the_cache_in_place(extra, batch):
 def test_map_groups_runs_every_entry_on_its_own_layer_and_drops_none(layers):
     """Batched decoding's grouping: entry n's row comes from fns[layer n] (a wrong layer leaves the
     wrong tag), every grouped entry is written (a dropped one keeps -1), skips (layer 3) are not,
-    including a layer holding every entry (the largest bucket) and buckets larger than groups."""
+    including a layer holding every entry (the largest bucket), buckets larger than groups (whose
+    spare rows run the next groups' entries) and small groups run one entry at a time."""
     p, n = 3, len(layers)
     layer_N = np.array(layers)
     fns = [lambda x_C, i=i: (x_C * 10 + i, -x_C) for i in range(p)]
     x_N = jnp.arange(1, n + 1, dtype=jnp.float32)
     init = (jnp.full((n,), -1.0), jnp.full((n,), -1.0))
-    for classes in (1, 4):
+    for classes, rows_max in ((1, 0), (4, 0), (4, 2)):
         sizes = dsp.bucket_sizes(n, classes)
-        grouped = jax.jit(lambda layer_N, x_N, sizes=sizes: dsp.map_groups(
-            fns, dsp.group_by_layer(layer_N, p), (x_N,), init, sizes))
+        grouped = jax.jit(lambda layer_N, x_N, sizes=sizes, r=rows_max: dsp.map_groups(
+            fns, dsp.group_by_layer(layer_N, p), (x_N,), init, sizes, r))
         tagged, negated = grouped(jnp.asarray(layer_N), x_N)
         run = layer_N < p
         np.testing.assert_array_equal(tagged, np.where(run, np.arange(1, n + 1) * 10 + layer_N, -1))
@@ -223,10 +225,14 @@ def test_bucket_sizes():
         dsp.bucket_sizes(0)
 
 
-def test_grouped_decode_step_equals_the_all_layers_step_under_skewed_routes():
+@pytest.mark.parametrize("rows_max", [0, 2])
+def test_grouped_decode_step_equals_the_all_layers_step_under_skewed_routes(rows_max, monkeypatch):
     """A batch of 4 whose routes crowd one layer (a bias sends most tokens to layer 0) or spread
-    out: the grouped step (each layer runs its own tokens) gives the logits, routes and cache of
-    RadialLM.route_step's step, where every layer runs every token (a one-token prefill)."""
+    out: the grouped step (each layer runs its own tokens, in buckets, or with rows_max = 2 small
+    groups one token at a time) gives the logits, routes and cache of RadialLM.route_step's step,
+    where every layer runs every token (a one-token prefill)."""
+    monkeypatch.setattr(decode, "ROWS_MAX_CPU", rows_max)
+    decode_jit = jax.jit(lambda *a: decode_step(*a), static_argnums=0)  # traced with this rows_max
     cfg = tiny_config(*RADIAL, "model.prefix_layers=1", "model.steps=2")
     model = build_model(cfg)
     rng = np.random.default_rng(1)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from radial_jax.cli import main
 from radial_jax.config import load_config
 from radial_jax.generate.sampling import Generator, Sampling
 from radial_jax.io.hf_radial import HFRadialError, write_hf_radial
@@ -118,6 +119,31 @@ def test_sampling_and_beam_search_use_the_cache_as_the_full_forward_does(exporte
                                        use_cache=use_cache),
                            hf_generate(hf, PROMPTS, 16, num_beams=3, do_sample=False, use_cache=use_cache))
     assert runs[True] == runs[False]
+
+
+@pytest.mark.parametrize("exported", ["skip_learned"], indirect=True)
+def test_radial_eval_and_profile_load_the_exported_directory_back(exported, run_dir, corpus_cache, tmp_path,
+                                                                    capsys):
+    """The exported directory is a Hugging Face directory like any other: `radial eval` and `radial
+    profile` read it back as the same radial model (loss, routing and ratios of the run's). The
+    export keeps what inference needs, so the run's data shapes and training capacity (the
+    profile routes as training does) are given to both."""
+    _, out, _ = exported
+    data = [f"data.cache_dir={corpus_cache}", "data.seq_len=32", "data.batch_size=4",
+            "model.capacity_factor=0.5"]
+    evals, profiles = [], []
+    for path in (run_dir, out):
+        assert main(["eval", "--checkpoint", str(path), "--batches", "1", "--inference", *data]) == 0
+        evals.append(json.loads(capsys.readouterr().out))
+        assert main(["profile", "--checkpoint", str(path), "--batches", "1", "--oracle", "none",
+                     "--out", str(tmp_path / path.name), *data]) == 0
+        capsys.readouterr()
+        profiles.append(json.loads((tmp_path / path.name / "profile.json").read_text()))
+    assert evals[1]["eval/loss"] == pytest.approx(evals[0]["eval/loss"], abs=1e-5)
+    assert profiles[1]["source"] == "hf" and profiles[0]["source"] == "run"
+    for key in ("load_per_step", "depth", "ratios"):
+        assert json.dumps(profiles[1][key]) == json.dumps(profiles[0][key]), key
+    np.testing.assert_allclose(profiles[1]["eval"]["loss"], profiles[0]["eval"]["loss"], atol=1e-5)
 
 
 def test_options_the_template_lacks_are_refused(tmp_path):

@@ -14,9 +14,10 @@ Radial paths:
 - prefill (chunks of S tokens): RadialLM.route_step with capacity S, every pool layer runs on its
   per-sequence buffers [P, B, S, D];
 - batched decode step (any B): each pool layer runs on the tokens routed to it only, grouped over
-  the whole batch into one bucket per layer whose static size is the smallest that holds them
-  (dispatch.map_groups), and attention runs once per token choice: cost follows the routes, and
-  no token is ever dropped;
+  the whole batch (dispatch.map_groups): a small group one token at a time on a CPU (matrix-vector
+  products), a larger one in a bucket whose static size is the smallest that holds it; a layer no
+  token chose runs nothing, and attention runs once per token choice: cost follows the routes,
+  and no token is ever dropped;
 - batch 1 (`switch=True`, the default when B == 1): `lax.switch` over the pool's layers plus an
   identity branch for skip, so only the chosen layer runs and a skipped step costs the router only.
 """
@@ -33,8 +34,11 @@ from radial_jax.model.layers import grouped_attention
 from radial_jax.model.policy import History
 from radial_jax.model.routing import Route, StepState, decide_one, decide_tokens, kv_slot
 
-# Bucket sizes per pool layer in batched decoding: `dispatch.bucket_sizes(batch * K, BUCKET_CLASSES)`.
-BUCKET_CLASSES = 8
+# Batched decoding, per pool layer and routing step (dispatch.map_groups): a group of up to
+# ROWS_MAX_CPU entries runs one entry at a time on a CPU, a larger one in a bucket of one of
+# `dispatch.bucket_sizes(batch * K, BUCKET_CLASSES)` entries.
+BUCKET_CLASSES = 4
+ROWS_MAX_CPU = 4
 
 
 def prefill(graphdef: nnx.GraphDef, params, tokens_BxS: jax.Array, lengths_B: jax.Array,
@@ -273,6 +277,7 @@ def _grouped_step(model, blocks, t, h_Bx1xD, pos_Bx1, cache: KVCache, carry, cho
     kept_BxK = choice_BxK < p
     groups = dsp.group_by_layer(choice_BxK.reshape(n), p)
     sizes = dsp.bucket_sizes(n, BUCKET_CLASSES)
+    rows_max = ROWS_MAX_CPU if jax.default_backend() == "cpu" else 0
     x_NxD = jnp.repeat(h_Bx1xD[:, 0], k, axis=0)
     pos_N = jnp.repeat(pos_Bx1[:, 0], k)
 
@@ -282,7 +287,7 @@ def _grouped_step(model, blocks, t, h_Bx1xD, pos_Bx1, cache: KVCache, carry, cho
     zeros = jax.tree.map(lambda a: jnp.zeros((n, *a.shape[2:]), a.dtype),
                          jax.eval_shape(blocks[0].qkv, h_Bx1xD, pos_Bx1))
     q_NxHxK, k_NxGxK, v_NxGxK = dsp.map_groups([lambda *a, i=i: qkv(i, *a) for i in range(p)], groups,
-                                               (x_NxD, pos_N), zeros, sizes)
+                                               (x_NxD, pos_N), zeros, sizes, rows_max)
     # The slot: each token's keys/values averaged over its choices (skipped choices' rows are zeros).
     n_B = kept_BxK.sum(-1)
     scale_B = (1.0 / jnp.maximum(n_B, 1)).astype(k_NxGxK.dtype)[:, None, None, None]
@@ -301,7 +306,7 @@ def _grouped_step(model, blocks, t, h_Bx1xD, pos_Bx1, cache: KVCache, carry, cho
         return blocks[i].finish_heads(x_CxD[None], o_CxHxK[None])[0] - x_CxD
 
     delta_NxD = dsp.map_groups([lambda *a, i=i: finish(i, *a) for i in range(p)], groups, (x_NxD, o_NxHxK),
-                               jnp.zeros((n, dim), h_Bx1xD.dtype), sizes)
+                               jnp.zeros((n, dim), h_Bx1xD.dtype), sizes, rows_max)
     delta_BxKxD = delta_NxD.reshape(b, k, dim) * (gate_BxK * kept_BxK)[..., None].astype(h_Bx1xD.dtype)
     return h_Bx1xD + delta_BxKxD.sum(1, keepdims=True), cache, carry
 

@@ -208,9 +208,9 @@ def combine(h_BxSxD: jax.Array, delta_BxPxCxD: jax.Array, d: Dispatch) -> jax.Ar
 
 # --------------------------------------------------------------------------- decoding: grouped by layer
 # Batched decoding has no capacity (nothing may be dropped) and few tokens, N = batch * K entries
-# per step. Each pool layer runs on its own entries only, in one bucket whose static size is the
-# smallest of `bucket_sizes` that holds them, picked at run time by lax.switch: a layer's cost
-# follows its load, and a layer no entry chose costs nothing.
+# per step. Each pool layer runs on its own entries only, one at a time or in one bucket whose
+# static size is the smallest of `bucket_sizes` that holds them, picked at run time by lax.switch:
+# a layer's cost follows its load, and a layer no entry chose costs nothing.
 
 
 @struct.dataclass
@@ -239,32 +239,56 @@ def bucket_sizes(n: int, classes: int = 8) -> tuple[int, ...]:
     return tuple(sorted({0, *(math.ceil(n * i / min(classes, n)) for i in range(1, min(classes, n) + 1))}))
 
 
-def map_groups(fns, groups: Groups, inputs_N: tuple, outputs_N, sizes: tuple[int, ...]):
+def map_groups(fns, groups: Groups, inputs_N: tuple, outputs_N, sizes: tuple[int, ...], rows_max: int = 0):
     """`outputs_N` with row n replaced by fns[p](row n of each of inputs_N) for every entry n of
     layer p's group; rows of entries in no group are left as they are.
 
     fns[p]: arrays [C, ...] (one per input) -> pytree shaped like outputs_N's rows, [C, ...]. Each
-    layer runs once, on a bucket of the smallest size in `sizes` (ascending, starting at 0, ending
-    at N) that holds its group; a bucket's spare rows compute on other entries' rows and are not
-    written. Not differentiable (decoding only)."""
+    layer runs once: a group of at most `rows_max` entries one entry at a time (a loop of calls
+    with C = 1), a larger one on a bucket of the smallest size in `sizes` (ascending, from 0 to N) that
+    holds it. The loop is for CPUs, where a product of a few rows by a layer's weights costs about
+    what one of 16 rows does (the weights are packed first) and a matrix-vector product far less;
+    on accelerators a bucket reads the weights once, so rows_max = 0 there.
+
+    The inputs are put in layer order once, so a bucket is a slice of them (from its group's start;
+    spare rows are the next groups' entries), and the groups' results go into a layer-ordered
+    buffer in layer order, so each group overwrites the earlier buckets' spare rows: no scatter.
+    Not differentiable (decoding only)."""
     n = groups.order_N.shape[0]
     if sizes[0] != 0 or sizes[-1] != n or list(sizes) != sorted(sizes):
         raise ValueError(f"bucket sizes must ascend from 0 to the {n} entries, got {sizes}")
-    order_pad = jnp.concatenate([groups.order_N, jnp.full((n,), n, jnp.int32)])  # n: out of range
-    sizes_J = jnp.asarray(sizes, jnp.int32)
+    # Branch 0 runs groups of up to rows_max entries one by one (none when rows_max = 0); branch
+    # j > 0 runs a bucket of buckets[j] entries.
+    buckets = (min(rows_max, n), *(c for c in sizes if c > rows_max))
+    buckets_J = jnp.asarray(buckets, jnp.int32)
+    # In layer order, padded to 2N rows so that no slice from a start in [0, N] is clamped.
+    sorted_2N = [jnp.concatenate([x_N[groups.order_N], jnp.zeros_like(x_N)]) for x_N in inputs_N]
+    out_2N = jax.tree.map(lambda o_N: jnp.zeros((2 * n, *o_N.shape[1:]), o_N.dtype), outputs_N)
+    zeros_N = lambda: jax.tree.map(jnp.zeros_like, outputs_N)  # noqa: E731
 
-    def run(fn, start, count, c, outputs_N):
-        if c == 0:
-            return outputs_N
-        at_C = jax.lax.dynamic_slice(order_pad, (start,), (c,))
-        at_C = jnp.where(jnp.arange(c) < count, at_C, n)  # spare rows: written nowhere
-        rows = [x_N[jnp.minimum(at_C, n - 1)] for x_N in inputs_N]
-        return jax.tree.map(lambda o_N, y_C: o_N.at[at_C].set(y_C.astype(o_N.dtype), mode="drop"),
-                            outputs_N, fn(*rows))
+    def rows_of(start, c):
+        return [jax.lax.dynamic_slice_in_dim(x_2N, start, c) for x_2N in sorted_2N]
+
+    def one_by_one(fn, start, count):
+        def body(j, out_N):
+            return jax.tree.map(lambda o_N, y_1: jax.lax.dynamic_update_slice_in_dim(
+                o_N, y_1.astype(o_N.dtype), j, 0), out_N, fn(*rows_of(start + j, 1)))
+        return jax.lax.fori_loop(0, count, body, zeros_N()) if rows_max else zeros_N()
+
+    def bucket(fn, start, c):
+        return jax.tree.map(lambda o_N, y_C: jnp.zeros_like(o_N).at[:c].set(y_C.astype(o_N.dtype)),
+                            outputs_N, fn(*rows_of(start, c)))
 
     for p, fn in enumerate(fns):
         start, count = groups.start_P[p], groups.count_P[p]
-        branches = [lambda out, c=c, fn=fn, start=start, count=count: run(fn, start, count, c, out)
-                    for c in sizes]
-        outputs_N = jax.lax.switch(jnp.searchsorted(sizes_J, count), branches, outputs_N)
-    return outputs_N
+        branches = [lambda fn=fn, s=start, k=count: one_by_one(fn, s, k)] + [
+            lambda fn=fn, s=start, c=c: bucket(fn, s, c) for c in buckets[1:]]
+        y_N = jax.lax.switch(jnp.searchsorted(buckets_J, count), branches)
+        out_2N = jax.tree.map(lambda o_2N, y, s=start: jax.lax.dynamic_update_slice_in_dim(o_2N, y, s, 0),
+                              out_2N, y_N)
+    rank_N = jnp.zeros((n,), jnp.int32).at[groups.order_N].set(jnp.arange(n, dtype=jnp.int32))
+    grouped_N = rank_N < groups.start_P[-1] + groups.count_P[-1]  # entries past the last group skip
+
+    def back(o_2N, o_N):
+        return jnp.where(grouped_N.reshape(n, *(1,) * (o_N.ndim - 1)), o_2N[rank_N], o_N)
+    return jax.tree.map(back, out_2N, outputs_N)
