@@ -189,6 +189,9 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
     paired = report["radial_over_dense_batch1"]["radial_tiny"]["ratio_paired"]
     radial, dense = rows[0]["window_ms"], rows[3]["window_ms"]
     assert paired == pytest.approx(np.median([radial[0] / dense[0], radial[1] / dense[1]]))
+    cpu = report["radial_over_dense_batch8"]["radial_tiny"]["ratio_paired_cpu"]
+    radial, dense = rows[2]["cpu_window_ms"], rows[4]["cpu_window_ms"]
+    assert cpu == pytest.approx(np.median([radial[0] / dense[0], radial[1] / dense[1]]))
     assert out.is_file() and "| radial_tiny |" in capsys.readouterr().out
     assert report["burst"] == 2
 
