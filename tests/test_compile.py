@@ -100,14 +100,17 @@ def test_radial_fsdp_gathers_the_pool_once_per_step():
 @pytest.mark.slow  # one more tiny compile (about 2 minutes on a shared core)
 def test_scanned_step_reports_the_unrolled_steps_flops_and_collectives():
     """With scan_layers the compiled cost analysis counts the routing scan's body once; the report's
-    per-step FLOPs (the step lowered unrolled) and collectives (loop bodies times their trip count)
-    are the unrolled step's."""
+    per-step FLOPs (the step lowered unrolled) are the unrolled step's, and its collectives count
+    loop bodies per run (libtpu states no trip count: read from the loop's condition). Counted so,
+    the scanned step moves more than the unrolled one: it all-reduces the pool's gradient at every
+    routing step where the unrolled step reduces once (docs/compile.md). When that cost is fixed,
+    the last assertion becomes approximate equality."""
     _, _, unrolled = compiled("radial", "fsdp")
     _, _, scanned = compiled("radial", "fsdp", "model.scan_layers=true")
     flops, want = scanned["flops_per_device"], unrolled["flops_per_device"]["compiled"]
     assert flops["compiled"] < 0.9 * want
     assert flops["per_step"] == pytest.approx(want, rel=0.05)
-    assert scanned["collectives"]["bytes"] == pytest.approx(unrolled["collectives"]["bytes"], rel=0.10)
+    assert scanned["collectives"]["bytes"] > 1.2 * unrolled["collectives"]["bytes"]
 
 
 @needs_tpu
@@ -198,7 +201,8 @@ ENTRY %main (p: bf16[8,128]) -> bf16[32,128] {
 
 def test_collectives_in_a_loop_count_its_trip_count():
     """A scan's body (model.scan_layers) runs trip-count times per step, and so do its collectives,
-    also inside a fusion the body calls; a loop of unknown trip count counts once."""
+    also inside a fusion the body calls; a loop of unknown trip count counts once, and libtpu's
+    loops (no stated count) count the bound of their scan-shaped condition."""
     hlo = """
 %fused (a: bf16[8,128]) -> bf16[32,128] {
   ROOT %ag.2 = bf16[32,128]{1,0} all-gather(%a), replica_groups={{0,1,2,3}}, dimensions={0}
@@ -213,14 +217,36 @@ def test_collectives_in_a_loop_count_its_trip_count():
 %body2 (c: (s32[], f32[10])) -> (s32[], f32[10]) {
   %ar2 = f32[10]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
 }
+%scan_cond (c: (s32[], f32[10])) -> pred[] {
+  %c = (s32[], f32[10]) parameter(0)
+  %n.7 = s32[]{:T(128)} constant(24)
+  %i.3 = s32[]{:T(128)} get-tuple-element(%c), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%i.3, %n.7), direction=LT, metadata={op_name="while/cond/lt"}
+}
+%other_cond (c: (s32[], f32[10])) -> pred[] {
+  %c = (s32[], f32[10]) parameter(0)
+  %n.8 = s32[] constant(99)
+  %j = s32[] get-tuple-element(%c), index=1
+  ROOT %lt.2 = pred[] compare(%j, %n.8), direction=LT
+}
+%body3 (c: (s32[], f32[10])) -> (s32[], f32[10]) {
+  %ar4 = f32[10]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+%body4 (c: (s32[], f32[10])) -> (s32[], f32[10]) {
+  %ar5 = f32[10]{0} all-reduce(%x), replica_groups={{0,1,2,3}}, to_apply=%add
+}
 ENTRY %main (p: f32[10]) -> f32[10] {
   %w = (s32[], f32[10]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"16"}}
   %w2 = (s32[], f32[10]) while(%t), condition=%cond, body=%body2
+  %w3 = (s32[], f32[10]) while(%t), condition=%scan_cond, body=%body3
+  %w4 = (s32[], f32[10]) while(%t), condition=%other_cond, body=%body4
   %ar3 = f32[10]{0} all-reduce(%p), replica_groups={{0,1,2,3}}, to_apply=%add
 }
 """
     kinds = parse_collectives(hlo, 4).by_kind()
-    assert kinds["all-reduce"]["count"] == 16 + 1 + 1 and kinds["all-reduce"]["bytes"] == 18 * 40
+    # stated 16; unknown bound once; a scan-shaped condition (element 0 < constant 24) 24 times; a
+    # condition on another element of the state once
+    assert kinds["all-reduce"]["count"] == 16 + 1 + 24 + 1 + 1 and kinds["all-reduce"]["bytes"] == 43 * 40
     assert kinds["all-gather"]["count"] == 16 and kinds["all-gather"]["bytes"] == 16 * 32 * 128 * 2
 
 

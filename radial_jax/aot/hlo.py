@@ -7,8 +7,10 @@ instruction's `bytes` is the largest buffer it touches on one device: the gather
 all-gather, the whole unreduced buffer of a reduce-scatter, the operand of the others. `wire_bytes`
 estimates what one device sends over a ring: (G-1)/G of the buffer, twice for an all-reduce
 (reduce-scatter + all-gather), once for a collective-permute. A collective inside a while loop
-(a scan: `model.scan_layers`) counts as many times as the loop runs, when the compiler states its
-trip count (`known_trip_count`); the `times` of each instruction says how often it ran per step.
+(a scan: `model.scan_layers`) counts as many times as the loop runs: the trip count the compiler
+states (`known_trip_count`), else the bound of a scan-shaped condition (`counter < N`, the counter
+being the loop state's element 0, as `lax.scan` and `lax.fori_loop(0, N)` lower; libtpu states no
+trip counts), else once. The `times` of each instruction says how often it ran per step.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")
 _REF = re.compile(r"%([\w.-]+)")
 _BODY = re.compile(r"\bbody=%([\w.-]+)")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONDITION = re.compile(r"\bcondition=%([\w.-]+)")
+_LESS_THAN = re.compile(r"ROOT\s.*\scompare\(%([\w.-]+), %([\w.-]+)\), direction=LT\b")
 
 @dataclass
 class Collective:
@@ -127,19 +131,37 @@ def _split_computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
     return comps, entry
 
 
+def _loop_trips(while_line: str, comps: dict[str, list[str]]) -> int:
+    """Runs of a while loop's body: the stated trip count, else N from a condition `counter < N`
+    whose counter is element 0 of the loop state and N a constant, else 1."""
+    if stated := _TRIPS.search(while_line):
+        return int(stated.group(1))
+    condition = _CONDITION.search(while_line)
+    lines = comps.get(condition.group(1), []) if condition else []
+    root = next((m for line in lines if (m := _LESS_THAN.search(line))), None)
+    if root is None:
+        return 1
+    defs = {m.group(1): line for line in lines if (m := re.match(r"\s*(?:ROOT\s+)?%([\w.-]+)\s*=", line))}
+    counter, bound = defs.get(root.group(1), ""), defs.get(root.group(2), "")
+    limit = re.search(r"\sconstant\((\d+)\)", bound)
+    if "get-tuple-element(" in counter and re.search(r"index=0\b", counter) and limit:
+        return int(limit.group(1))
+    return 1
+
+
 def run_counts(comps: dict[str, list[str]], entry: str) -> dict[str, int]:
     """How many times each computation runs per execution of `entry`: a while loop's body runs its
-    known trip count times per run of the loop (1 when the compiler does not state it), every other
+    trip count (`_loop_trips`) times per run of the loop, every other
     computation a line refers to (fusions, calls, branches, reductions) once per run of that line."""
     callees: dict[str, list[tuple[str, int]]] = {}
     for name, lines in comps.items():
         edges = callees.setdefault(name, [])
         for line in lines:
             body = _BODY.search(line)
-            trips = _TRIPS.search(line)
+            trips = _loop_trips(line, comps) if body else 1
             for ref in _REF.findall(line.split("=", 1)[1] if "=" in line else line):
                 if ref in comps and ref != name:
-                    edges.append((ref, int(trips.group(1)) if body and trips and ref == body.group(1) else 1))
+                    edges.append((ref, trips if body and ref == body.group(1) else 1))
     order, seen = [], set()
 
     def visit(name: str) -> None:  # depth-first post-order: callers after their callees
