@@ -102,15 +102,15 @@ def test_scanned_step_reports_the_unrolled_steps_flops_and_collectives():
     """With scan_layers the compiled cost analysis counts the routing scan's body once; the report's
     per-step FLOPs (the step lowered unrolled) are the unrolled step's, and its collectives count
     loop bodies per run (libtpu states no trip count: read from the loop's condition). Counted so,
-    the scanned step moves more than the unrolled one: it all-reduces the pool's gradient at every
-    routing step where the unrolled step reduces once (docs/compile.md). When that cost is fixed,
-    the last assertion becomes approximate equality."""
+    the scanned step moves what the unrolled one moves: the pool's weight gradient stays with each
+    batch shard through the steps and is reduced once after them (model/radial.py PoolWeights; a
+    scan's transpose reduced it at every step, 1.38x the unrolled bytes here at T = 2)."""
     _, _, unrolled = compiled("radial", "fsdp")
     _, _, scanned = compiled("radial", "fsdp", "model.scan_layers=true")
     flops, want = scanned["flops_per_device"], unrolled["flops_per_device"]["compiled"]
     assert flops["compiled"] < 0.9 * want
     assert flops["per_step"] == pytest.approx(want, rel=0.05)
-    assert scanned["collectives"]["bytes"] > 1.2 * unrolled["collectives"]["bytes"]
+    assert scanned["collectives"]["bytes"] == pytest.approx(unrolled["collectives"]["bytes"], rel=0.02)
 
 
 @needs_tpu

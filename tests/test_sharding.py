@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "sharding_worker.py"
 RADIAL = ["model.kind=radial", "model.pool_size=2", "model.steps=2"]
 MESHES = [["mesh.data=8"], ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"], ["mesh.fsdp=4", "mesh.pool=2"]]
+SCANNED = ["mesh.data=2", "mesh.fsdp=2", "mesh.pool=2", "model.scan_layers=true"]
 
 
 def _env(devices: int) -> dict:
@@ -142,7 +143,7 @@ def equivalence(kind: str) -> dict:
     """Start both kinds' workers at once (two cores), then wait for the one asked for."""
     for k in ("dense", "radial"):
         if k not in _EQUIVALENCE:
-            meshes = MESHES + ([["mesh.fsdp=8"]] if k == "dense" else [])
+            meshes = MESHES + ([["mesh.fsdp=8"]] if k == "dense" else [SCANNED])
             _EQUIVALENCE[k] = _start_worker("equivalence", {
                 "overrides": ["data.batch_size=8", *(RADIAL if k == "radial" else [])],
                 "meshes": meshes, "steps": 3, "probe": PROBE[k]})
@@ -183,6 +184,13 @@ def test_meshes_train_like_one_device(kind):
         for param, spec in EXPECTED[kind][name].items():
             assert run["specs"][param] == spec, (name, param, run["specs"][param])
     assert len(set(ref["losses"])) == 3  # the steps changed the model
+
+
+def test_scanned_radial_steps_train_like_one_device():
+    """A scan gives every batch shard its own copy of the pool's weights (model/radial.py
+    PoolWeights): 4 copies here (data x fsdp), the pool split over `pool`. Same training."""
+    runs = equivalence("radial")
+    np.testing.assert_allclose(runs[" ".join(SCANNED)]["losses"], runs["reference"]["losses"], rtol=1e-4)
 
 
 def test_fsdp8_keeps_an_eighth_of_params_and_optimizer_state_per_device():

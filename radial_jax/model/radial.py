@@ -13,12 +13,15 @@ processed at step t, each from its own pool layer's projections; other positions
 `route_step` is that step, for the training forward pass and batched decoding alike; they differ
 only in where attention reads the step's keys/values (routing.SequenceKV or decode.CacheKV).
 The forward pass hands every step the same `gathered_pool`, so FSDP gathers the pool's weights
-once per train step rather than at each of the T steps (see docs/compile.md).
+once per train step rather than at each of the T steps, and reduces their gradient once; run as a
+scan, every batch shard gets its own copy for that (PoolWeights; see docs/compile.md).
 The forward pass returns, beside the logits, a ModelAux: routing metrics and unweighted auxiliary
 losses, which the train step weighs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -44,11 +47,23 @@ from radial_jax.model.routing import (
     served_layers,
     shared_kv,
 )
-from radial_jax.parallel.constrain import gather_once
+from radial_jax.parallel.constrain import gather_once, split_count
 from radial_jax.parallel.constrain import with_logical_constraint as shard
 
 BSD, BPCD = ("batch", "length", "embed"), ("batch", "pool", "capacity", "embed")
 PBCGK = ("pool", "batch", "capacity", "heads", "kv")
+
+
+@dataclass(frozen=True)
+class PoolWeights:
+    """The pool's parameters as one forward pass hands them to every routing step (`gathered_pool`).
+    `copies` > 1: every leaf has a leading axis of that many identical copies, split over the devices
+    that split the batch, and each block of batch rows runs on its own copy. A weight gradient then
+    stays on the device whose rows made it, through the steps, and is summed across devices once
+    after them (gather_once's reduce-scatter)."""
+
+    state: nnx.State
+    copies: int = 1
 
 
 class RadialLM(nnx.Module):
@@ -91,13 +106,18 @@ class RadialLM(nnx.Module):
 
     # ------------------------------------------------------------------ the pool, batched over P
 
-    def gathered_pool(self) -> nnx.State | None:
+    def gathered_pool(self, copies: int = 1) -> PoolWeights | None:
         """The pool's parameters for a whole forward pass, or None (`pool_gather: per_step`): weight
         matrices cast to the compute dtype (as the layers cast them; norm vectors stay float32) and
         constrained whole along `embed`. Under FSDP the partitioner then gathers each weight once,
         not at every routing step that uses it, and reduce-scatters its gradient once, summed over
         the T steps (constrain.gather_once). The price: the pool's weights and that gradient sum
-        (sharded only by their other axes, e.g. `pool`) stay on each device for the whole step."""
+        (sharded only by their other axes, e.g. `pool`) stay on each device for the whole step.
+
+        `copies` > 1: one copy per batch shard, on a leading axis laid out like the batch (see
+        PoolWeights). Each shard's weight gradient is then its own until the copies are summed
+        after the routing steps, where a scan's transpose would otherwise reduce it across the
+        batch shards at every step."""
         if self.pool_gather != "once":
             return None
         _, state = nnx.split(self.pool)
@@ -106,30 +126,46 @@ class RadialLM(nnx.Module):
             w_PxE = w_PxE.astype(self.dtype) if w_PxE.ndim >= 3 else w_PxE
             if len(spec) != w_PxE.ndim:  # no logical names: leave it to the partitioner
                 return w_PxE
-            return gather_once(w_PxE, tuple(None if n == "embed" else n for n in spec), tuple(spec))
+            whole = tuple(None if n == "embed" else n for n in spec)
+            w_PxE = gather_once(w_PxE, whole, tuple(spec))
+            if copies == 1:
+                return w_PxE
+            return shard(jnp.broadcast_to(w_PxE, (copies, *w_PxE.shape)), ("batch", *whole))
 
-        return jax.tree.map(gather, nnx.get_partition_spec(state), state,
-                            is_leaf=lambda x: isinstance(x, PartitionSpec))
+        state = jax.tree.map(gather, nnx.get_partition_spec(state), state,
+                             is_leaf=lambda x: isinstance(x, PartitionSpec))
+        return PoolWeights(state, copies)
 
     def _pool_apply(self, method: str, *args, in_axes, layer: int | None = None,
-                    pool: nnx.State | None = None, **kwargs):
+                    pool: PoolWeights | None = None, **kwargs):
         """`method` of every pool layer, batched over P; `layer`: of that one layer only (P = 1).
-        `pool`: the pool's parameters as `gathered_pool` gives them (None: self.pool's)."""
+        `pool`: the pool's parameters as `gathered_pool` gives them (None: self.pool's). With
+        copies, the batch (axis 1 of the per-layer arguments, 0 of the shared ones) is split into
+        that many blocks, each run by its own copy."""
         graphdef, state = nnx.split(self.pool)
-        state = state if pool is None else pool
+        copies = 1 if pool is None else pool.copies
+        state = state if pool is None else pool.state
         if layer is not None:
-            state = jax.tree.map(lambda w: w[layer:layer + 1], state)
+            p_axis = 0 if copies == 1 else 1
+            state = jax.tree.map(lambda w: jax.lax.slice_in_dim(w, layer, layer + 1, axis=p_axis), state)
 
         def one(state_p, *a):
             return getattr(nnx.merge(graphdef, state_p), method)(*a, **kwargs)
 
-        return jax.vmap(checkpoint(one, self.remat), in_axes=(0, *in_axes))(state, *args)
+        run = jax.vmap(checkpoint(one, self.remat), in_axes=(0, *in_axes))
+        if copies == 1:
+            return run(state, *args)
+        b_axes = [1 if ax == 0 else 0 for ax in in_axes]  # where each argument keeps its batch
+        blocks = [a.reshape(*a.shape[:ax], copies, -1, *a.shape[ax + 1:])
+                  for a, ax in zip(args, b_axes, strict=True)]
+        out = jax.vmap(run, in_axes=(0, *b_axes), out_axes=1)(state, *blocks)  # [P, copies, B/copies, ...]
+        return jax.tree.map(lambda y: y.reshape(y.shape[0], -1, *y.shape[3:]), out)
 
-    def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None, pool: nnx.State | None = None):
+    def pool_qkv(self, x_PxBxCxD, pos_PxBxC, *, layer: int | None = None, pool: PoolWeights | None = None):
         return self._pool_apply("qkv", x_PxBxCxD, pos_PxBxC, in_axes=(0, 0), layer=layer, pool=pool)
 
     def pool_finish(self, x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS, *, from_cache=False,
-                    layer: int | None = None, pool: nnx.State | None = None):
+                    layer: int | None = None, pool: PoolWeights | None = None):
         """Keys/values shared by all P layers: [B, S, G, K], or the KV cache's layout with
         from_cache (see Attention.attend)."""
         return self._pool_apply("finish", x_PxBxCxD, q_PxBxCxHxK, k, v, mask_PxBx1xCxS,
@@ -139,7 +175,7 @@ class RadialLM(nnx.Module):
     # ------------------------------------------------------------------ one routing step
 
     def route_step(self, state: StepState, t: int, *, pos_BxS, valid_BxS, capacity: int,
-                   inference: bool = False, pool: nnx.State | None = None) -> tuple[StepState, Route]:
+                   inference: bool = False, pool: PoolWeights | None = None) -> tuple[StepState, Route]:
         """Routing step t over S tokens, for training and decoding alike: decide, gather each pool
         layer's tokens, run all P layers (attention reads the step's KV slot through `state.kv`),
         add the gated deltas back. `inference`: the learned skip predictor decides skips.
@@ -182,7 +218,10 @@ class RadialLM(nnx.Module):
         dense_mask = attention_mask(seg_BxS, idx_BxS, seg_BxS, idx_BxS)
         h_BxSxD = run_blocks(self.prefix, h_BxSxD, pos_BxS, dense_mask, remat=self.remat,
                              scan=self.scan_layers)
-        pool = self.gathered_pool()  # once, outside the loop or scan: every step closes over it
+        # Once, outside the loop or scan: every step closes over it. A scan sums the gradient of
+        # what its steps close over inside the loop, so there each batch shard gets its own copy.
+        copies = split_count(BPCD, (b, self.pool_size, 1, h_BxSxD.shape[-1]), 0) if self.scan_layers else 1
+        pool = self.gathered_pool(copies)
 
         def step(state: StepState, t):
             """Routing step t, and what the forward pass keeps of it: its stats row and its trace."""

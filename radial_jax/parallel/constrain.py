@@ -3,7 +3,8 @@
 `with_logical_constraint(x, ("batch", "length", "embed"))` is a no-op unless a trainer has made a
 mesh and rules active (`active(mesh, rules)`) while the function is traced; then it becomes
 `jax.lax.with_sharding_constraint` with the spec those rules give. `gather_once` gathers a
-parameter for many uses and reduce-scatters its summed gradient.
+parameter for many uses and reduce-scatters its summed gradient; `split_count` says how many ways
+the rules split one dimension.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 from collections.abc import Iterator
 
 import jax
@@ -42,6 +44,18 @@ def with_logical_constraint(x: jax.Array, names: tuple[str | None, ...]) -> jax.
         raise ValueError(f"logical names {names} do not match an array of shape {x.shape}")
     spec = rules.spec(names, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def split_count(names: tuple[str | None, ...], shape: tuple[int, ...], dim: int) -> int:
+    """Into how many shards the active rules split dimension `dim` of an array with these logical
+    names and shape (1 with no active mesh)."""
+    ctx = _ACTIVE.get()
+    if ctx is None:
+        return 1
+    mesh, rules = ctx
+    axes = rules.spec(names, shape, dict(mesh.shape))[dim]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return math.prod(mesh.shape[a] for a in axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
