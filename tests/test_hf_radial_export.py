@@ -126,11 +126,11 @@ def test_radial_eval_and_profile_load_the_exported_directory_back(exported, run_
                                                                     capsys):
     """The exported directory is a Hugging Face directory like any other: `radial eval` and `radial
     profile` read it back as the same radial model (loss, routing and ratios of the run's). The
-    export keeps what inference needs, so the run's data shapes and training capacity (the
-    profile routes as training does) are given to both."""
+    export keeps the training capacity (0.5 here; the profile routes as training does), not the
+    run's data shapes, so those are given to both."""
     _, out, _ = exported
-    data = [f"data.cache_dir={corpus_cache}", "data.seq_len=32", "data.batch_size=4",
-            "model.capacity_factor=0.5"]
+    assert json.loads((out / "config.json").read_text())["capacity_factor"] == 0.5
+    data = [f"data.cache_dir={corpus_cache}", "data.seq_len=32", "data.batch_size=4"]
     evals, profiles = [], []
     for path in (run_dir, out):
         assert main(["eval", "--checkpoint", str(path), "--batches", "1", "--inference", *data]) == 0

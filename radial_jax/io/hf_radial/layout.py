@@ -45,7 +45,10 @@ KEYS = tuple(KeyMap(ours, theirs) for ours, theirs in (
     ("router.per_step", "router_per_step"), ("routing.policy", "routing_policy"),
     ("routing.top_k", "routing_top_k"), ("routing.reuse", "routing_reuse"),
     ("routing.order", "routing_order"), ("routing.skip", "routing_skip"), ("routing.gate", "routing_gate"),
-    ("model.init_std", "initializer_range"), ("model.tie_embeddings", "tie_word_embeddings")))
+    ("model.init_std", "initializer_range"), ("model.tie_embeddings", "tie_word_embeddings"))) + (
+    # Training's capacity: inference here has no limit, but radial_jax reads it back for `radial
+    # eval`/`profile`, which route as training did. Directories exported without it read 1.0.
+    KeyMap("model.capacity_factor", "capacity_factor", 1.0),)
 ROUTER = ("w_in", "b_in", "w_out", "b_out", "select_bias", "step_embed")  # which exist depends on config
 MLP = ("gate", "up", "down")
 

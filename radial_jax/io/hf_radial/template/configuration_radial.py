@@ -33,6 +33,8 @@ class RadialConfig(PretrainedConfig):
         left), `learned` (skip where the router's P(skip) > 1/2, layers chosen among layers only);
       routing_gate: a block's residual update is scaled by its router probability (`prob`) or
         by 1 (`straight_through`).
+    `capacity_factor` is training's (each pool layer took at most capacity_factor * seq_len /
+    pool_size tokens per step); this model, like radial_jax's inference, has no capacity limit.
     """
 
     model_type = "radial"
@@ -44,7 +46,7 @@ class RadialConfig(PretrainedConfig):
                  router_per_step=True, routing_policy="token_choice", routing_top_k=1,
                  routing_reuse="allow", routing_order="free", routing_skip="allow",
                  routing_gate="prob", max_position_embeddings=2048, initializer_range=0.02,
-                 use_cache=True, tie_word_embeddings=True, **kwargs):
+                 use_cache=True, tie_word_embeddings=True, capacity_factor=1.0, **kwargs):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -65,6 +67,7 @@ class RadialConfig(PretrainedConfig):
         self.routing_order = routing_order
         self.routing_skip = routing_skip
         self.routing_gate = routing_gate
+        self.capacity_factor = capacity_factor
         # The deepest a token goes, and the KV cache's slots: one per prefix layer and routing step.
         self.num_hidden_layers = prefix_layers + routing_steps
         self.max_position_embeddings = max_position_embeddings
