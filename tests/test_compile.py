@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from radial_jax.aot.compile import parse_out_of_memory
 from radial_jax.aot.hlo import parse_collectives
 from radial_jax.aot.topology import TopologyError, get_topology, have_libtpu, parse_topology
 from radial_jax.config import ConfigError, load_config
@@ -17,6 +18,7 @@ from radial_jax.parallel.mesh import MeshError
 from radial_jax.parallel.plan import state_bytes
 from tests.helpers import TINY
 
+ROOT = Path(__file__).resolve().parents[1]
 needs_tpu = pytest.mark.skipif(not have_libtpu(), reason="libtpu not installed (pip install '.[tpu]')")
 TOPO = "v5p:2x2x1"
 # TPU layouts pad an array's two minor dimensions to tiles of 8 x 128: widths of 128 per shard keep the
@@ -111,6 +113,25 @@ def test_scanned_step_reports_the_unrolled_steps_flops_and_collectives():
     assert flops["compiled"] < 0.9 * want
     assert flops["per_step"] == pytest.approx(want, rel=0.05)
     assert scanned["collectives"]["bytes"] == pytest.approx(unrolled["collectives"]["bytes"], rel=0.02)
+
+
+@needs_tpu
+def test_a_step_the_compiler_refuses_is_reported_as_not_fitting(tmp_path, capsys):
+    """libtpu refuses a program whose temporaries exceed a chip's HBM (here ~105 GiB on a v5e's 16):
+    `radial compile` reports DOES NOT FIT with what the compiler asked for, writes the JSON, and
+    has no HLO to write."""
+    from radial_jax.aot.command import run
+
+    out, hlo = tmp_path / "r.json", tmp_path / "r.hlo"
+    big = ["data.batch_size=512", "data.seq_len=2048", "model.d_model=512", "model.n_heads=8",
+           "model.n_kv_heads=8", "model.head_dim=128", "model.d_ff=2048", "mesh.data=1", "mesh.fsdp=-1"]
+    report = run(str(ROOT / "configs" / "tiny.yaml"), "v5e:2x2", out=str(out), overrides=big, hlo=str(hlo))
+    assert report["fits"] is False and report["chip"] == "v5e"
+    assert report["temp_needed_bytes"] > report["temp_available_bytes"] > 15 * 2**30
+    assert json.loads(out.read_text())["compile_error"].startswith("RESOURCE_EXHAUSTED")
+    assert not hlo.exists()
+    assert "DOES NOT FIT" in capsys.readouterr().out
+    assert parse_out_of_memory("INVALID_ARGUMENT: something else") is None
 
 
 @needs_tpu

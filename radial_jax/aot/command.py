@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from radial_jax.aot.compile import compile_train_step
-from radial_jax.aot.report import build_report, format_report
+from radial_jax.aot.compile import OutOfMemory, compile_train_step
+from radial_jax.aot.report import build_oom_report, build_report, format_report
 from radial_jax.aot.topology import cpu_flag, get_topology, parse_topology, tpu_environment
 from radial_jax.config import load_config
 
@@ -35,11 +35,15 @@ def run(config: str, topology: str, slices: int = 1, out: str | None = None,
     tpu_environment()  # before JAX initialises its backends (importing jax does not)
     cfg = load_config(config, list(overrides))
     topo = get_topology(topology, slices)
-    compiled = compile_train_step(cfg, topo)
-    report = build_report(cfg, config, topo, compiled)
+    try:
+        compiled = compile_train_step(cfg, topo)
+    except OutOfMemory as e:  # an answer, not a failure: the report says so
+        compiled, report = None, build_oom_report(cfg, config, topo, e)
+    else:
+        report = build_report(cfg, config, topo, compiled)
     print(format_report(report))
-    for path, text in ((out, json.dumps(report, indent=2)), (hlo, compiled.hlo_text)):
-        if path:
+    for path, text in ((out, json.dumps(report, indent=2)), (hlo, compiled and compiled.hlo_text)):
+        if path and text is not None:  # no program, no HLO
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
             print(f"wrote {path}")

@@ -5,6 +5,7 @@ memory per device, FLOPs, collectives."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,30 @@ class Compiled:
     lower_s: float
     compile_s: float
     hlo_text: str
+
+
+class OutOfMemory(Exception):
+    """The compiler refused the program: its temporaries need more HBM than a chip has left."""
+
+    def __init__(self, plan: ShardingPlan, n_params: int, needed: float, available: float, message: str,
+                 lower_s: float, compile_s: float):
+        super().__init__(message)
+        self.plan, self.n_params, self.needed, self.available = plan, n_params, needed, available
+        self.lower_s, self.compile_s = lower_s, compile_s
+
+
+# libtpu: "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries
+# (42.96G) exceeds available HBM (31.25G)." (G: GiB)
+_OOM = re.compile(r"RESOURCE_EXHAUSTED: Ran out of memory.*?\(([\d.]+)([KMGT])\).*?\(([\d.]+)([KMGT])\)")
+
+
+def parse_out_of_memory(message: str) -> tuple[float, float] | None:
+    """(bytes needed, bytes available) from the TPU compiler's out-of-memory error, else None."""
+    m = _OOM.search(message)
+    if m is None:
+        return None
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    return float(m.group(1)) * scale[m.group(2)], float(m.group(3)) * scale[m.group(4)]
 
 
 def check_divisible(plan: ShardingPlan, abstract: TrainState) -> None:
@@ -117,8 +142,13 @@ def unrolled_flops(cfg: Config, topology: Topology) -> float:
     return float(cost["flops"]) / topology.n_devices
 
 
+def _n_params(abstract: TrainState) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params)))
+
+
 def compile_train_step(cfg: Config, topology: Topology) -> Compiled:
-    """Raises ConfigError (mesh, batch, divisibility) before anything is traced."""
+    """Raises ConfigError (mesh, batch, divisibility) before anything is traced, OutOfMemory where
+    the compiler refuses the program for the chip's HBM."""
     t0 = time.perf_counter()
     plan, abstract, lowered = _lower(cfg, topology)
     t1 = time.perf_counter()
@@ -127,13 +157,19 @@ def compile_train_step(cfg: Config, topology: Topology) -> Compiled:
     jax.config.update("jax_enable_compilation_cache", topology.chip is None and cache)
     try:
         compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        sizes = parse_out_of_memory(str(e))
+        if sizes is None:
+            raise
+        raise OutOfMemory(plan, _n_params(abstract), *sizes, str(e).splitlines()[0], t1 - t0,
+                          time.perf_counter() - t1) from None
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
     t2 = time.perf_counter()
     cost = _cost(compiled)
     text = compiled.as_text()
     return Compiled(plan=plan, abstract=abstract,
-                    n_params=int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract.params))),
+                    n_params=_n_params(abstract),
                     memory=_memory(compiled), flops=float(cost.get("flops", 0.0)),
                     flops_unrolled=unrolled_flops(cfg, topology) if cfg.model.scan_layers else None,
                     bytes_accessed=float(cost.get("bytes accessed", 0.0)),

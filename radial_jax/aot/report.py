@@ -3,7 +3,7 @@ roofline estimate of step time and MFU. Pure functions of a `Compiled` and the c
 
 from __future__ import annotations
 
-from radial_jax.aot.compile import Compiled
+from radial_jax.aot.compile import Compiled, OutOfMemory
 from radial_jax.aot.hlo import KINDS
 from radial_jax.aot.topology import Topology
 from radial_jax.config import Config
@@ -66,13 +66,41 @@ def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled)
     return report
 
 
+def build_oom_report(cfg: Config, config_path: str, topology: Topology, e: OutOfMemory) -> dict:
+    """The report of a program the compiler refused for the chip's HBM: what it needed, no more."""
+    return {"config": config_path, "topology": topology.name, "slices": topology.slices,
+            "devices": topology.n_devices,
+            "chip": topology.chip.name if topology.chip else str(topology.devices[0].device_kind).lower(),
+            "mesh": e.plan.mesh_shape, "rules": e.plan.rules.name, "kind": cfg.model.kind,
+            "params": e.n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len], "fits": False,
+            "hbm_per_device": topology.chip.hbm_bytes if topology.chip else None,
+            "temp_needed_bytes": e.needed, "temp_available_bytes": e.available,
+            "compile_error": str(e), "lower_s": e.lower_s, "compile_s": e.compile_s,
+            "to_fit": [*(["model.remat=block"] if cfg.model.remat == "none" else []),
+                       "a larger slice", "a smaller data.batch_size",
+                       *(["model.pool_gather=per_step"] if cfg.model.kind == "radial"
+                         and cfg.model.pool_gather == "once" else [])]}
+
+
+def _format_oom(r: dict, head: str) -> str:
+    return "\n".join([
+        head, "",
+        f"**DOES NOT FIT**: the compiler needs {r['temp_needed_bytes'] / GiB:.2f} GiB of temporaries per chip"
+        f" where {r['temp_available_bytes'] / GiB:.2f} GiB are left (it refused the program, so "
+        f"there are no FLOPs or collectives to report). To make it fit: {', '.join(r['to_fit'])}.",
+        f"compiler: {r['compile_error']}",
+        f"\ncompile: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s"])
+
+
 def format_report(r: dict) -> str:
-    mem, fl, col = r["memory_per_device"], r["flops_per_device"], r["collectives"]
     mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
-    lines = [f"{r['config']} ({r['kind']}, {r['params']:,} parameters, batch {r['batch'][0]} x "
-             f"{r['batch'][1]}) on {r['topology']}" + (f" x {r['slices']} slices" if r["slices"] > 1 else "")
-             + f": {r['devices']} {r['chip']} devices, mesh {mesh}, rules {r['rules']}",
-             "", "| memory per device | GiB |", "|---|---|"]
+    head = (f"{r['config']} ({r['kind']}, {r['params']:,} parameters, batch {r['batch'][0]} x "
+            f"{r['batch'][1]}) on {r['topology']}" + (f" x {r['slices']} slices" if r["slices"] > 1 else "")
+            + f": {r['devices']} {r['chip']} devices, mesh {mesh}, rules {r['rules']}")
+    if "compile_error" in r:
+        return _format_oom(r, head)
+    mem, fl, col = r["memory_per_device"], r["flops_per_device"], r["collectives"]
+    lines = [head, "", "| memory per device | GiB |", "|---|---|"]
     for k in ("argument", "output", "alias", "temp", "code", "total"):
         lines.append(f"| {k} | {mem[k] / GiB:.3f} |")
     if "fits" in r:
