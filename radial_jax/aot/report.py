@@ -8,6 +8,7 @@ from radial_jax.aot.hlo import KINDS
 from radial_jax.aot.topology import Topology
 from radial_jax.config import Config
 from radial_jax.model.flops import flops_per_token
+from radial_jax.parallel.plan import ShardingPlan
 
 GiB = 2**30
 
@@ -24,6 +25,15 @@ def roofline(flops: float, model_flops: float, hbm_bytes: float, wire_bytes: flo
             "bound_by": bound, "mfu": model_flops / (step_s * chip.peak_bf16_flops) if step_s else 0.0}
 
 
+def _what(cfg: Config, config_path: str, topology: Topology, plan: ShardingPlan, n_params: int) -> dict:
+    """What was compiled, for what: the head of every report."""
+    return {"config": config_path, "topology": topology.name, "slices": topology.slices,
+            "devices": topology.n_devices,
+            "chip": topology.chip.name if topology.chip else str(topology.devices[0].device_kind).lower(),
+            "mesh": plan.mesh_shape, "rules": plan.rules.name, "kind": cfg.model.kind,
+            "params": n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len]}
+
+
 def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled) -> dict:
     n = topology.n_devices
     tokens = cfg.data.batch_size * cfg.data.seq_len
@@ -33,10 +43,7 @@ def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled)
     # then those of the same step lowered unrolled (aot/compile.unrolled_flops).
     per_step = c.flops if c.flops_unrolled is None else c.flops_unrolled
     report = {
-        "config": config_path, "topology": topology.name, "slices": topology.slices, "devices": n,
-        "chip": topology.chip.name if topology.chip else str(topology.devices[0].device_kind).lower(),
-        "mesh": c.plan.mesh_shape, "rules": c.plan.rules.name, "kind": cfg.model.kind,
-        "params": c.n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len],
+        **_what(cfg, config_path, topology, c.plan, c.n_params),
         "memory_per_device": c.memory,
         "flops_per_device": {
             "compiled": c.flops, "analytic": analytic, "per_step": per_step,
@@ -68,11 +75,7 @@ def build_report(cfg: Config, config_path: str, topology: Topology, c: Compiled)
 
 def build_oom_report(cfg: Config, config_path: str, topology: Topology, e: OutOfMemory) -> dict:
     """The report of a program the compiler refused for the chip's HBM: what it needed, no more."""
-    return {"config": config_path, "topology": topology.name, "slices": topology.slices,
-            "devices": topology.n_devices,
-            "chip": topology.chip.name if topology.chip else str(topology.devices[0].device_kind).lower(),
-            "mesh": e.plan.mesh_shape, "rules": e.plan.rules.name, "kind": cfg.model.kind,
-            "params": e.n_params, "batch": [cfg.data.batch_size, cfg.data.seq_len], "fits": False,
+    return {**_what(cfg, config_path, topology, e.plan, e.n_params), "fits": False,
             "hbm_per_device": topology.chip.hbm_bytes if topology.chip else None,
             "temp_needed_bytes": e.needed, "temp_available_bytes": e.available,
             "compile_error": str(e), "lower_s": e.lower_s, "compile_s": e.compile_s,
