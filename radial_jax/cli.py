@@ -116,15 +116,20 @@ def _cmd_bench(args) -> int:
         raise SystemExit(f"--burst must be 1, 2, 4, 8 or 16 (a window is 16 tokens), got {args.burst}")
     if args.what == "decode":
         bench_decode.run(args.configs, args.overrides, args.out, checkpoints=args.checkpoint,
-                         windows=args.windows, burst=args.burst, batches=tuple(args.batch_sizes),
+                         windows=args.windows, burst=args.burst,
+                         batches=tuple(args.batch_sizes or bench_decode.BATCHES),
                          transformers=not args.no_transformers)
         return 0
     if args.what == "decode-variants":
         if bool(args.checkpoint) == bool(args.configs) or len(args.checkpoint or args.configs) != 1:
             raise SystemExit("decode-variants times one radial model: give one --checkpoint RUN_DIR or "
                              "one --configs CONFIG")
+        args.batch_sizes = args.batch_sizes or [1]
+        if len(args.batch_sizes) != 1:
+            raise SystemExit(f"decode-variants times one batch size; got --batch-sizes {args.batch_sizes}")
         bench_variants.run((args.checkpoint or [None])[0], (args.configs or [None])[0],
-                           args.overrides, args.out, windows=args.windows, burst=args.burst)
+                           args.overrides, args.out, windows=args.windows, burst=args.burst,
+                           batch=args.batch_sizes[0])
         return 0
     if args.what == "train":
         bench_train.run(args.configs or bench_train.DEFAULT_CONFIGS, args.overrides, args.out,
@@ -283,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode, decode-variants: timed windows of 16 tokens per model and batch "
                         "(more: steadier medians)")
     _burst_option(b, "decode, decode-variants: tokens per jitted call, as `radial generate` makes them")
-    b.add_argument("--batch-sizes", nargs="+", type=int, default=list(bench_decode.BATCHES),
-                   help="decode: batch sizes to time (default 1 8)")
+    b.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                   help="decode: batch sizes to time (default 1 8); decode-variants: the one batch "
+                        "size (default 1)")
     b.add_argument("overrides", nargs="*", help="section.key=value applied to every config")
     b.set_defaults(fn=_cmd_bench)
 

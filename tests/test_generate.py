@@ -197,14 +197,15 @@ def test_decode_bench_writes_json_and_a_table(tmp_path, capsys):
 
 
 def test_decode_variants_force_routes_and_share_weights(tmp_path, capsys):
-    """`radial bench decode-variants`: the forced routes run the depths they force (the cache's
-    routes say so), shared weights change no route, and the dense rows run 1..prefix+P blocks."""
+    """`radial bench decode-variants` (batched, so the grouped path): the forced routes run the
+    depths they force (the cache's routes say so), shared weights change no route, and the dense
+    rows run 1..prefix+P blocks."""
     from radial_jax.bench.decode_variants import run
 
     small = ["model.d_model=32", "model.n_heads=2", "model.n_kv_heads=1", "model.d_ff=64"]
     out = tmp_path / "variants.json"
     report = run(config="configs/ablations/skip_learned.yaml", overrides=small, out=str(out),
-                 prompt_len=8, new_tokens=3, windows=2, burst=1)
+                 prompt_len=8, new_tokens=3, windows=2, burst=1, batch=2)
     depth = {r["model"].split(": ")[-1]: r["mean_active_depth"] for r in report["results"]}
     # radial_tiny's shape: 1 prefix block, a pool of 3, 2 routing steps
     assert [depth[f"dense, {n} block{'s' * (n > 1)}"] for n in (1, 2, 3, 4)] == [1, 2, 3, 4]
@@ -214,8 +215,9 @@ def test_decode_variants_force_routes_and_share_weights(tmp_path, capsys):
     assert depth["as routed, shared weights"] > 0 and 1 <= depth["as routed"] <= 3
     rows = report["results"]
     assert rows[3]["over_dense_paired"] == 1.0 and all(len(r["window_ms"]) == 2 for r in rows)
-    assert out.is_file()
-    assert "| skip_learned (random weights): skip at every step |" in capsys.readouterr().out
+    assert out.is_file() and report["batch"] == 2
+    printed = capsys.readouterr().out
+    assert "| skip_learned (random weights): skip at every step |" in printed and "batch-2 ms" in printed
 
 
 def test_decode_variants_needs_one_radial_model():

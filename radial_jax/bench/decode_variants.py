@@ -1,8 +1,9 @@
-"""Benchmark: where a radial model's batch-1 decode time goes.
+"""Benchmark: where a radial model's decode time goes, at batch 1 or batched.
 
 One radial model (a trained run directory, or a config with random weights) is timed as it routes
 and in variants that change only what its routing touches, beside dense models of its width with
-1 to prefix + P blocks, all in alternating windows (`bench.decode.DecodeTimer`, batch 1):
+1 to prefix + P blocks, all in alternating windows (`bench.decode.DecodeTimer`) at one batch size
+(batch 1: the `lax.switch` path; larger: the grouped path, each pool layer on its tokens only):
 
 - forced routes: each routing step's router output is replaced by a constant that picks pool
   layer 0 at every step, layer t mod P at step t, or skip (where `routing.skip` lets it skip);
@@ -11,8 +12,10 @@ and in variants that change only what its routing touches, beside dense models o
 
 Reading the table: a routed variant that costs what the dense model of its depth costs has no
 routing overhead; if the shared-weight variants cost what dense costs but the own-weight ones cost
-more, the difference is the weights' working set (caches), not routing. Prints a table and JSON.
-`radial bench decode-variants --checkpoint RUN_DIR [--out FILE]`.
+more, the difference is the weights' working set (caches), not routing. Batched, a forced route
+sends the whole batch to one layer per step (one group of B rows), where as routed each layer gets
+its share: the gap between them is what splitting the batch over the pool's layers costs. Prints a
+table and JSON. `radial bench decode-variants --checkpoint RUN_DIR [--batch-sizes B] [--out FILE]`.
 """
 
 from __future__ import annotations
@@ -85,12 +88,16 @@ def _model(checkpoint: str | None, config: str | None, overrides) -> tuple[str, 
 
 
 def run(checkpoint: str | None = None, config: str | None = None, overrides=(), out: str | None = None, *,
-        prompt_len: int = 64, new_tokens: int = 16, windows: int = 15, burst: int = DEFAULT_BURST) -> dict:
+        prompt_len: int = 64, new_tokens: int = 16, windows: int = 15, burst: int = DEFAULT_BURST,
+        batch: int = 1) -> dict:
+    """batch: the decode batch every model is timed at (1: radial's lax.switch path)."""
+    if batch < 1:
+        raise ValueError(f"the batch size must be >= 1, got {batch}")
     name, cfg, graphdef, params = _model(checkpoint, config, overrides)
     m = cfg.model
 
     def timer(c, g, p, step_weights=None):
-        return DecodeTimer(c, g, p, batch=1, prompt_len=prompt_len, new_tokens=new_tokens,
+        return DecodeTimer(c, g, p, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens,
                            windows=windows, step_weights=step_weights, burst=burst)
 
     timers = []
@@ -113,7 +120,7 @@ def run(checkpoint: str | None = None, config: str | None = None, overrides=(), 
                      "mean_active_depth": r["mean_active_depth"], "window_ms": r["window_ms"],
                      "over_dense_paired": _paired_ratio(t.times, dense.times),
                      "over_dense": statistics.median(t.times) / statistics.median(dense.times)})
-    report = {"benchmark": "decode-variants", "model": name, "prompt_len": prompt_len,
+    report = {"benchmark": "decode-variants", "model": name, "batch": batch, "prompt_len": prompt_len,
               "new_tokens": new_tokens, "burst": burst, "windows": windows, "results": rows}
     print(format_table(report))
     if out:
@@ -123,7 +130,8 @@ def run(checkpoint: str | None = None, config: str | None = None, overrides=(), 
 
 
 def format_table(report: dict) -> str:
-    lines = ["| model | batch-1 ms / token (median) | (min) | mean active depth | / dense of all, paired |",
+    lines = [f"| model | batch-{report['batch']} ms / token (median) | (min) | mean active depth "
+             "| / dense of all, paired |",
              "|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(f"| {r['model']} | {r['ms_per_token']:.3f} | {r['ms_min']:.3f} | "
