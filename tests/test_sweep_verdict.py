@@ -100,3 +100,35 @@ def test_sizes_wait_for_every_group_of_a_family():
     rows = comparison_table(partial, size).splitlines()[2:]
     assert rows[-1].startswith("| not known yet |") and "| dense_l |" in rows[-1]
     assert all(r.endswith("| - | 2.4000 | 200 | - |") for r in rows if "| radial_l |" in r and "3e+13" in r)
+
+
+def test_planned_sizes_compare_a_partial_sweep_before_its_larger_arms_finish():
+    """Groups with no finished arm are sized from their configs' parameter counts (`planned`), so
+    the smaller size is compared and the larger size is judged as soon as its arms finish."""
+    stats = sweep({"b1": (2.4, 200.0), "b2": (2.2, 280.0)}, {"b1": 2.5, "b2": 2.3})
+    small_only = [s for s in stats if s.group.endswith("_s")]
+    pending = [("radial_l", "radial"), ("dense_l", "dense")]
+    size = sizes(small_only, pending, {"radial_l": 12, "dense_l": 12})
+    assert size.rank == {"dense_s": 0, "radial_s": 0} and size.name("radial_s") == "smaller size"
+    rows = comparison_table(small_only, size).splitlines()[2:]
+    assert all(r.startswith("| smaller size |") for r in rows)
+    # planned counts of a group that is smaller than the finished one reorder the sizes
+    assert sizes(small_only, [("radial_t", "radial")], {"radial_t": 1}).rank["radial_s"] == 1
+    v = judge(small_only, [("radial_l", "radial", "b1"), ("dense_l", "dense", "b2")],
+              planned={"radial_l": 12, "dense_l": 12})
+    assert (v.status, v.target_group, v.baseline_group) == ("open", "radial_l", "dense_l")
+    assert "2 of 2 budgets of radial_l / dense_l have no finished arms yet" == v.why_open
+
+
+def test_planned_params_come_from_the_arms_configs(tmp_path):
+    from radial_jax.config import load_config
+    from radial_jax.sweep.arms import SweepArms, Unfinished, planned_params
+    from radial_jax.sweep.cost import count_params
+
+    wide = ["model.d_model=64", "model.n_heads=2", "model.n_kv_heads=1"]
+    manifest = {"arms": [{"name": "dense_l_s0_b1", "config": "configs/tiny.yaml", "overrides": wide},
+                         {"name": "dense_x_s0_b1", "config": str(tmp_path / "gone.yaml"), "overrides": []}]}
+    unfinished = [Unfinished(a["name"], a["name"][:7], "dense", "b1", 0, 10, 0.0, False)
+                  for a in manifest["arms"]]
+    planned = planned_params(SweepArms([], unfinished, manifest), tmp_path)
+    assert planned == {"dense_l": count_params(load_config("configs/tiny.yaml", wide))}

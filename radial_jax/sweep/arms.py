@@ -228,3 +228,27 @@ def arm_dirs(root: Path) -> SweepArms:
             unfinished.append(Unfinished(d.name, info.group, info.family, info.budget_label,
                                          _logged_steps(d), info.steps, spent_before(d)[0], d.is_dir()))
     return SweepArms(finished, unfinished, manifest)
+
+
+def planned_params(arms: SweepArms, root: Path) -> dict[str, int]:
+    """Parameter counts of the groups that have no finished arm, from their configs (the arm's
+    config.yaml once it started, else the manifest's config and overrides), so a partial sweep's
+    sizes are known before its larger arms finish. A group whose config cannot be read is left out."""
+    done = {info.group for _, info in arms.finished}
+    entries = {a["name"]: a for a in arms.manifest.get("arms", [])}
+    out: dict[str, int] = {}
+    for u in arms.unfinished:
+        if u.group in done or u.group in out:
+            continue
+        run_cfg, entry = root / u.name / "config.yaml", entries.get(u.name, {})
+        try:
+            if run_cfg.is_file():
+                cfg = load_config(run_cfg)
+            elif entry.get("config") and Path(entry["config"]).is_file():
+                cfg = load_config(entry["config"], list(entry.get("overrides", [])))
+            else:
+                continue
+        except (ValueError, OSError):  # a config that no longer loads: that group's size stays unknown
+            continue
+        out[u.group] = count_params(cfg)
+    return out

@@ -11,7 +11,7 @@ import os
 import platform
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from radial_jax.config import Config
 from radial_jax.sweep.aggregate import GroupStat, best_per_budget
@@ -43,6 +43,7 @@ class PageInputs:
     configs: Sequence[Config]       # of the finished arms: what they share
     figures: dict[str, str]         # name -> link relative to the page
     csv: str                        # link to the per-arm CSV
+    planned: dict[str, int] = field(default_factory=dict)  # params of groups with no finished arm
 
 
 def _distinct(values) -> str:
@@ -142,7 +143,7 @@ NOTES = ("Active FLOPs/token (train): forward + backward as compiled (routed mod
 
 def render(p: PageInputs) -> str:
     n_all = len(p.results) + len(p.unfinished)
-    size = sizes(p.stats, [(u.group, u.family) for u in p.unfinished])
+    size = sizes(p.stats, [(u.group, u.family) for u in p.unfinished], p.planned)
     partial = bool(p.unfinished)
     md = [f"# {p.title}" + (" (partial)" if partial else ""), ""]
     if p.description:

@@ -20,7 +20,7 @@ import yaml
 from radial_jax.config import load_config
 from radial_jax.errors import NotFoundError
 from radial_jax.sweep.aggregate import aggregate, frontier
-from radial_jax.sweep.arms import ArmResult, arm_dirs, read_arm
+from radial_jax.sweep.arms import ArmResult, arm_dirs, planned_params, read_arm
 from radial_jax.sweep.inference import measure_arms
 from radial_jax.sweep.page import PageInputs, render
 from radial_jax.sweep.verdict import Goal, judge
@@ -73,7 +73,8 @@ def write_report(root: str | Path, out: str | Path | None = None, *, goal: Goal 
     folder.mkdir(parents=True, exist_ok=True)
     results = measure_arms([(read_arm(d, i), d) for d, i in arms.finished], folder)
     stats = aggregate(results)
-    verdict = judge(stats, [(u.group, u.family, u.budget_label) for u in arms.unfinished], goal)
+    planned = planned_params(arms, root)
+    verdict = judge(stats, [(u.group, u.family, u.budget_label) for u in arms.unfinished], goal, planned)
     paths = {"frontier": plots.frontier(stats, frontier(stats), folder / "frontier.png"),
              "inference": plots.loss_vs_inference_flops(stats, folder / "loss_vs_inference_flops.png",
                                                         verdict),
@@ -87,7 +88,7 @@ def write_report(root: str | Path, out: str | Path | None = None, *, goal: Goal 
     title = f"Sweep report: {Path(sweep_file).stem if sweep_file else root.name}"
     md.write_text(render(PageInputs(
         title=title, description=description(root, sweep_file), command=command, results=results,
-        stats=stats, unfinished=arms.unfinished,
+        stats=stats, unfinished=arms.unfinished, planned=planned,
         verdict=verdict, configs=[load_config(d / "config.yaml") for d, _ in arms.finished],
         figures={k: rel + p.name for k, p in paths.items() if p.suffix == ".png"},
         csv=rel + paths["csv"].name)))

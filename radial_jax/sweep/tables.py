@@ -3,7 +3,7 @@ frontier, and the comparison at each size and budget (every family against dense
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from radial_jax.markdown import table
@@ -99,8 +99,9 @@ def frontier_table(stats: Sequence[GroupStat]) -> str:
 
 @dataclass(frozen=True)
 class Sizes:
-    """Each group's size within its family (0: fewest parameters); None while a group of its family
-    has no finished arm, since then the family's order of sizes is not known yet."""
+    """Each group's size within its family (0: fewest parameters); None while the parameter count
+    of a group of its family is not known (no finished arm and no readable config), since then the
+    family's order of sizes is not known yet."""
 
     rank: dict[str, int | None]
     count: int  # sizes per family: the most groups any family has
@@ -115,16 +116,20 @@ class Sizes:
         return self.count if r is None else r
 
 
-def sizes(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str]] = ()) -> Sizes:
-    """The sizes of the finished groups; `pending`: (group, family) of unfinished arms."""
+def sizes(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str]] = (),
+          planned: Mapping[str, int] | None = None) -> Sizes:
+    """The sizes of the finished groups; `pending`: (group, family) of unfinished arms; `planned`:
+    parameter counts of groups without a finished arm (`arms.planned_params`)."""
+    params = {**(planned or {}), **{s.group: s.params for s in stats}}
     groups: dict[str, set[str]] = {}
     for g, f in [*((s.group, s.family) for s in stats), *pending]:
         groups.setdefault(f, set()).add(g)
     rank: dict[str, int | None] = {}
-    for fam, all_groups in groups.items():
-        known = sorted({(s.params, s.group) for s in stats if s.family == fam})
-        complete = {g for _, g in known} == all_groups
-        rank.update({g: i if complete else None for i, (_, g) in enumerate(known)})
+    for all_groups in groups.values():
+        complete = all(g in params for g in all_groups)
+        known = sorted((params[g], g) for g in all_groups if g in params)
+        finished = {s.group for s in stats}
+        rank.update({g: i if complete else None for i, (_, g) in enumerate(known) if g in finished})
     return Sizes(rank, max((len(g) for g in groups.values()), default=1))
 
 

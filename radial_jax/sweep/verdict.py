@@ -10,7 +10,7 @@ numbers and the list of unfinished arms, so they are checked without training.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from radial_jax.sweep.aggregate import GroupStat
@@ -65,10 +65,13 @@ class Verdict:
     why_open: str = ""
 
 
-def _larger(family: str, stats: Sequence[GroupStat], pending_groups: set[str]) -> tuple[str | None, str]:
-    """The family's group with the most parameters, or (None, why) when a group of it has no
-    finished arm yet (its size is not known) or the sweep has no such family."""
-    known = {s.group: s.params for s in stats if s.family == family}
+def _larger(family: str, stats: Sequence[GroupStat], pending_groups: set[str],
+            planned: Mapping[str, int]) -> tuple[str | None, str]:
+    """The family's group with the most parameters (finished, or counted from its config in
+    `planned`), or (None, why) when a group's parameter count is not known or the sweep has no
+    such family."""
+    known = {**{g: n for g, n in planned.items() if g in pending_groups},
+             **{s.group: s.params for s in stats if s.family == family}}
     unknown = sorted(pending_groups - set(known))
     if unknown:
         return None, f"no arm of {', '.join(unknown)} has finished, so {family}'s larger size is not known"
@@ -77,13 +80,14 @@ def _larger(family: str, stats: Sequence[GroupStat], pending_groups: set[str]) -
     return max(known, key=known.get), ""
 
 
-def judge(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str, str]], goal: Goal = Goal()
-          ) -> Verdict:
-    """`pending`: (group, family, budget label) of each unfinished arm."""
+def judge(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str, str]], goal: Goal = Goal(),
+          planned: Mapping[str, int] | None = None) -> Verdict:
+    """`pending`: (group, family, budget label) of each unfinished arm; `planned`: parameter counts
+    of groups without a finished arm (`arms.planned_params`), so the larger size is known early."""
     groups = {}
     why = ""
     for fam in (goal.target, goal.baseline):
-        groups[fam], reason = _larger(fam, stats, {g for g, f, _ in pending if f == fam})
+        groups[fam], reason = _larger(fam, stats, {g for g, f, _ in pending if f == fam}, planned or {})
         why = why or reason
     if why:
         status = "n/a" if why.startswith("the sweep has no") else "open"
