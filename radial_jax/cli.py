@@ -153,11 +153,11 @@ def _cmd_sweep(args) -> int:
     sweep = load_sweep(args.file)
     out = Path(args.out) if args.out else sweep.default_out
     if args.emit:
-        print("\n".join(sweep_run.emit_commands(sweep, out)))
+        print("\n".join(sweep_run.emit_commands(sweep, out, args.arms)))
     elif args.dry_run:
-        print(sweep_run.format_plan(sweep_run.plan_rows(sweep, out)))
+        print(sweep_run.format_plan(sweep_run.plan_rows(sweep, out, args.arms)))
     else:
-        sweep_run.run_sweep(sweep, out)
+        sweep_run.run_sweep(sweep, out, only=args.arms)
     return 0
 
 
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or --dry-run / --emit them")
     sw.add_argument("file", help="sweep file, e.g. configs/sweeps/isoflop_tiny.yaml")
     sw.add_argument("--out", default=None, help="folder of the arms' run dirs (default: runs/sweeps/<file>)")
+    sw.add_argument("--arms", nargs="+", default=(), metavar="PATTERN",
+                    help="only the arms whose names match a shell-style pattern, e.g. '*_s1_*' "
+                         "(several processes may also share one --out: each passes arms another trains)")
     mode = sw.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
                       help="print each arm's parameters, FLOPs per token, steps and tokens, and stop")

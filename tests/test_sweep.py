@@ -405,6 +405,52 @@ def test_dry_run_and_emit(tmp_path, capsys):
         assert load_config(argv[2], argv[3:]) == arm.load(out)  # the command trains exactly this arm
 
 
+def test_processes_share_a_sweep_folder_by_arm_locks(tmp_path, capsys):
+    """Several `radial sweep` processes on one --out: an arm locked by a live process is passed by,
+    a lock left by a dead one is taken over, and --arms picks arms by pattern (nothing trains here:
+    a stand-in for the training loop records which arms it was given)."""
+    import os
+    import subprocess
+    import sys
+
+    path = sweep_file(tmp_path, "seeds: [0, 1]\narms:\n  - name: a\n  - name: b\n")
+    sweep, out = load_sweep(path), tmp_path / "out"
+    trained = []
+
+    def fake_train(cfg, resume_command):
+        trained.append(Path(cfg.run.dir).name)
+        Path(cfg.run.dir).mkdir(parents=True)
+        assert (out / sweep_run.LOCKS / f"{Path(cfg.run.dir).name}.lock").is_file()  # held while training
+        return {"eval/loss": 1.0}
+
+    locks = out / sweep_run.LOCKS
+    locks.mkdir(parents=True)
+    host = __import__("socket").gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (locks / "a_s0.lock").write_text(json.dumps({"host": host, "pid": os.getpid()}))   # alive: busy
+    (locks / "b_s0.lock").write_text(json.dumps({"host": host, "pid": dead.pid}))      # dead: stale
+    (locks / "a_s1.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))      # another host
+
+    status = run_sweep(sweep, out, train_fn=fake_train, only=["*_s0", "a_s1"])
+    assert status == {"a_s0": "busy", "b_s0": "trained", "a_s1": "busy"} and trained == ["b_s0"]
+    log = capsys.readouterr().out
+    assert f"arm 1/3 a_s0: another process is training it ({host} pid {os.getpid()}" in log
+    assert "a_s1: another process is training it (elsewhere pid 1" in log
+    assert "1 arm(s) trained, 0 already done, 2 being trained by other processes (a_s0, a_s1)" in log
+    assert not (locks / "b_s0.lock").exists() and (out / "b_s0" / DONE).is_file()  # released when done
+
+    (locks / "a_s0.lock").unlink()
+    assert run_sweep(sweep, out, train_fn=fake_train) == {
+        "a_s0": "trained", "b_s0": "skipped", "a_s1": "busy", "b_s1": "trained"}
+    with pytest.raises(SweepError, match=r"no arm matches --arms c\*; its arms: a_s0, b_s0, a_s1, b_s1"):
+        run_sweep(sweep, out, train_fn=fake_train, only=["c*"])
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--emit", "--out", str(out), "--arms", "*_s1"]) == 0
+    assert [shlex.split(x)[-1] for x in capsys.readouterr().out.split("\n") if x] == [
+        f"run.dir={out / 'a_s1'}", f"run.dir={out / 'b_s1'}"]
+
+
 # --------------------------------------------------------------------------- running and reporting
 
 

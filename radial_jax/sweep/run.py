@@ -7,16 +7,23 @@ the training loop's usual resume, so an interrupted sweep continues where it sto
 that stops (SIGTERM, Ctrl-C, an error) adds its seconds to `sweep_time.json`, so the marker's total
 counts them too (a SIGKILL loses that attempt's time). `--dry-run` prints what each arm costs;
 `--emit` prints one `radial train` command per arm, to launch them elsewhere.
+
+Several `radial sweep` processes may share one output folder (one per core, or per host on a
+shared disk): an arm being trained holds a lock (OUT/.locks/<arm>.lock: host and pid), and the
+others pass it by and take the next arm. `--arms PATTERN ...` runs only the arms whose names match
+(shell-style, e.g. '*_s1_*').
 """
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import os
 import platform
 import shlex
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,18 +31,65 @@ from pathlib import Path
 import jax
 
 from radial_jax.sweep.cost import arm_cost, short
-from radial_jax.sweep.spec import Arm, Sweep
+from radial_jax.sweep.spec import Arm, Sweep, SweepError
 from radial_jax.train.loop import train
 
 DONE = "sweep_done.json"
 MANIFEST = "sweep.json"
 SPENT = "sweep_time.json"  # seconds of earlier, stopped attempts at an arm
+LOCKS = ".locks"            # OUT/.locks/<arm>.lock while a process trains that arm
 
 
-def plan_rows(sweep: Sweep, out: Path) -> list[dict]:
-    """One row per arm: what it is and what it will cost."""
+def select_arms(sweep: Sweep, patterns: list[str] | tuple = ()) -> list[Arm]:
+    """The sweep's arms whose names match any of `patterns` (shell-style); all of them without any."""
+    if not patterns:
+        return list(sweep.arms)
+    arms = [a for a in sweep.arms if any(fnmatch.fnmatchcase(a.name, p) for p in patterns)]
+    if not arms:
+        names = ", ".join(a.name for a in sweep.arms)
+        raise SweepError(f"{sweep.path}: no arm matches --arms {' '.join(patterns)}; its arms: {names}")
+    return arms
+
+
+def take_lock(out: Path, arm: str) -> tuple[Path | None, str]:
+    """(lock path, "") if this process may train `arm`, else (None, who holds it). A lock left by a
+    dead process of this host (SIGKILL, a crash) is taken over; one from another host is not
+    (remove it by hand once that host has stopped)."""
+    path = out / LOCKS / f"{arm}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                held = json.loads(path.read_text())
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and not _alive(held.get("pid")):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            return None, f"{held.get('host', '?')} pid {held.get('pid', '?')} ({path})"
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return path, ""
+    return None, f"a lock that keeps reappearing ({path})"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def plan_rows(sweep: Sweep, out: Path, only: list[str] | tuple = ()) -> list[dict]:
+    """One row per arm (of those matching the patterns `only`): what it is and what it will cost."""
     rows = []
-    for arm in sweep.arms:
+    for arm in select_arms(sweep, only):
         cfg = arm.load(out)
         c = arm_cost(cfg)
         rows.append({"arm": arm.name, "kind": cfg.model.kind, "params": c.params,
@@ -63,10 +117,10 @@ def format_plan(rows: list[dict]) -> str:
     return "\n".join(lines + ["", *note])
 
 
-def emit_commands(sweep: Sweep, out: Path) -> list[str]:
-    """One `radial train CONFIG overrides... run.dir=OUT/<arm>` line per arm."""
+def emit_commands(sweep: Sweep, out: Path, only: list[str] | tuple = ()) -> list[str]:
+    """One `radial train CONFIG overrides... run.dir=OUT/<arm>` line per arm (matching `only`)."""
     return [shlex.join(["radial", "train", str(a.config), *a.overrides, f"run.dir={out / a.name}"])
-            for a in sweep.arms]
+            for a in select_arms(sweep, only)]
 
 
 def is_done(run_dir: Path, steps: int) -> bool:
@@ -123,30 +177,48 @@ def train_timed(run_dir: Path, steps: int, fn: Callable[[], dict]) -> tuple[dict
     return last, seconds
 
 
-def run_sweep(sweep: Sweep, out: Path, *, train_fn: Callable[..., dict] = train) -> dict[str, str]:
-    """Train every arm not yet done, in order; returns arm name -> "trained" or "skipped"."""
+def run_sweep(sweep: Sweep, out: Path, *, train_fn: Callable[..., dict] = train,
+              only: list[str] | tuple = ()) -> dict[str, str]:
+    """Train every arm not yet done (of those matching `only`, shell-style patterns; all without),
+    in order, passing arms another process is training; returns arm name -> "trained", "skipped"
+    (done before) or "busy" (locked by another process)."""
+    chosen = select_arms(sweep, only)
     write_manifest(sweep, out)
-    resume = shlex.join(["radial", "sweep", str(sweep.path), "--out", str(out)])
-    n, status = len(sweep.arms), {}
-    for i, arm in enumerate(sweep.arms, 1):
+    resume = shlex.join(["radial", "sweep", str(sweep.path), "--out", str(out),
+                         *(["--arms", *only] if only else [])])
+    n, status = len(chosen), {}
+    for i, arm in enumerate(chosen, 1):
         run_dir = out / arm.name
         if is_done(run_dir, arm.steps):
             print(f"arm {i}/{n} {arm.name}: done ({arm.steps} steps), skipped", flush=True)
             status[arm.name] = "skipped"
             continue
-        cfg = arm.load(out)
-        what = "resuming" if (run_dir / "checkpoints").is_dir() else "training"
-        print(f"arm {i}/{n} {arm.name}: {what} {arm.steps} steps in {run_dir}" + _budget_note(arm),
-              flush=True)
-        last, seconds = train_timed(run_dir, arm.steps, functools.partial(train_fn, cfg,
-                                                                             resume_command=resume))
+        lock, holder = take_lock(out, arm.name)
+        if lock is None:
+            print(f"arm {i}/{n} {arm.name}: another process is training it ({holder}), passed by", flush=True)
+            status[arm.name] = "busy"
+            continue
+        try:
+            if is_done(run_dir, arm.steps):  # finished by another process between the check and the lock
+                status[arm.name] = "skipped"
+                continue
+            cfg = arm.load(out)
+            what = "resuming" if (run_dir / "checkpoints").is_dir() else "training"
+            print(f"arm {i}/{n} {arm.name}: {what} {arm.steps} steps in {run_dir}" + _budget_note(arm),
+                  flush=True)
+            last, seconds = train_timed(run_dir, arm.steps, functools.partial(train_fn, cfg,
+                                                                                 resume_command=resume))
+        finally:
+            lock.unlink(missing_ok=True)
         loss = last.get("eval/loss")
         print(f"arm {i}/{n} {arm.name}: finished in {seconds:.0f}s (all attempts)"
               + (f", eval loss {loss:.4f}" if loss is not None else ""), flush=True)
         status[arm.name] = "trained"
     trained = sum(s == "trained" for s in status.values())
-    print(f"sweep done: {trained} arm(s) trained, {n - trained} already done. Compare them with:\n"
-          f"  radial report {out}", flush=True)
+    busy = [a for a, s in status.items() if s == "busy"]
+    print(f"sweep done: {trained} arm(s) trained, {n - trained - len(busy)} already done"
+          + (f", {len(busy)} being trained by other processes ({', '.join(busy)})" if busy else "")
+          + f". Compare them with:\n  radial report {out}", flush=True)
     return status
 
 
