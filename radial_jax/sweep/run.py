@@ -144,8 +144,10 @@ def write_manifest(sweep: Sweep, out: Path) -> None:
 
 
 def machine() -> dict:
-    """Where an arm ran, for the report: CPU count, platform and the JAX backend."""
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()
+    """Where an arm ran, for the report: the CPUs this process may use (fewer than the machine's
+    when pinned, e.g. by `taskset`), platform and the JAX backend."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpus": cpus, "platform": platform.platform(), "processor": platform.processor()
             or platform.machine(), "backend": jax.default_backend()}
 
 
