@@ -125,10 +125,10 @@ def sizes(stats: Sequence[GroupStat], pending: Sequence[tuple[str, str]] = (),
     for g, f in [*((s.group, s.family) for s in stats), *pending]:
         groups.setdefault(f, set()).add(g)
     rank: dict[str, int | None] = {}
+    finished = {s.group for s in stats}
     for all_groups in groups.values():
         complete = all(g in params for g in all_groups)
         known = sorted((params[g], g) for g in all_groups if g in params)
-        finished = {s.group for s in stats}
         rank.update({g: i if complete else None for i, (_, g) in enumerate(known) if g in finished})
     return Sizes(rank, max((len(g) for g in groups.values()), default=1))
 
