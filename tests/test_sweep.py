@@ -283,7 +283,7 @@ def test_report_over_seeds_and_families(tmp_path):
     assert "| 1.7000 | a_l |" in line and "| a_s 1.8500 |" in line
     assert "- budget 9e+10: lowest mean eval loss a_l_b2 (1.7000 at 9e+10 training FLOPs" in md
     arm_line = next(x for x in md.splitlines() if x.startswith("| a_s_s1_b2 |"))
-    assert f"| {secs['a_s_s1_b2'] / 60:.1f} |" in arm_line  # the per-arm table keeps every run
+    assert f"| {secs['a_s_s1_b2'] / 60:.1f} | 2 |" in arm_line  # every run, its time and its CPUs
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [(r["name"], r["seed"], r["family"]) for r in rows][:3] == [
         ("a_s_s0_b1", "0", "a"), ("a_s_s0_b2", "0", "a"), ("a_l_s0_b1", "0", "a")]

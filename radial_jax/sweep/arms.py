@@ -74,6 +74,7 @@ class ArmResult:
     decode_ms_per_token: float | None
     seconds: float | None              # wall time of the arm over all its attempts (sweep_done.json)
     machine: str | None                # where it ran: platform, CPU count, backend
+    cpus: int | None                   # the cores its process could use (sweep_done.json)
     finished_at: str | None            # when it finished (sweep_done.json)
     curve: list = field(default_factory=list)  # [(training FLOPs at that step, eval loss), ...]
     inference_depth: float | None = None  # blocks per token routed as decoding routes; dense: all
@@ -125,6 +126,11 @@ def decode_ms(run_dir: Path, kind: str) -> float | None:
     return None
 
 
+def _cpus(machine) -> int | None:
+    cpus = machine.get("cpus") if isinstance(machine, dict) else None
+    return cpus if isinstance(cpus, int) else None
+
+
 def machine_line(m: dict) -> str:
     return f"{m.get('platform', '?')}, {m.get('cpus', '?')} CPUs, {m.get('backend', '?')} backend"
 
@@ -169,6 +175,7 @@ def read_arm(run_dir: Path, info: ArmInfo | None = None) -> ArmResult:
         decode_ms_per_token=decode_ms(run_dir, m.kind),
         seconds=float(done["seconds"]) if isinstance(done.get("seconds"), (int, float)) else None,
         machine=machine_line(done["machine"]) if isinstance(done.get("machine"), dict) else None,
+        cpus=_cpus(done.get("machine")),
         finished_at=done.get("time") if isinstance(done.get("time"), str) else None,
         curve=[(per_token * tokens_per_step * r["step"], r["eval/loss"]) for r in evals],
         inference_depth=None if radial else depth, inference_loss=None if radial else loss,

@@ -58,8 +58,8 @@ def machine_lines(results: Sequence[ArmResult]) -> list[str]:
     if ran:
         timed = [r.seconds for r in results if r.seconds is not None]
         lines.append(f"Arms trained on: {'; '.join(ran)}. Arm time: wall seconds over every attempt "
-                     f"at the arm, from its sweep_done.json; {len(timed)} of {len(results)} arms timed, "
-                     f"{sum(timed) / 3600:.2f} h in all.")
+                     "at the arm, from its sweep_done.json (CPUs: the cores its process could use); "
+                     f"{len(timed)} of {len(results)} arms timed, {sum(timed) / 3600:.2f} h in all.")
     done = sorted(r.finished_at for r in results if r.finished_at)
     if done:
         lines.append(f"Arms finished between {done[0]} and {done[-1]}.")

@@ -21,7 +21,7 @@ COLUMNS = [  # (header, field, format)
     ("depth at inference", "inference_depth", lambda v: f"{v:.2f}"),
     ("eval loss at inference", "inference_loss", lambda v: f"{v:.4f}"),
     ("step time (s)", "step_time_s", lambda v: f"{v:.3f}"),
-    ("arm time (min)", "seconds", lambda v: f"{v / 60:.1f}"),
+    ("arm time (min)", "seconds", lambda v: f"{v / 60:.1f}"), ("CPUs", "cpus", str),
     ("decode ms/token", "decode_ms_per_token", lambda v: f"{v:.3f}"),
 ]
 
