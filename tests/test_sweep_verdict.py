@@ -1,10 +1,12 @@
 """The report's verdict on issue 19's goal (radial at or below dense's loss at every budget of the
 larger size, at most 0.7x dense's inference FLOPs per token) and its sizes, from hand-made numbers."""
 
+from dataclasses import replace
+
 import pytest
 
 from radial_jax.sweep.aggregate import GroupStat
-from radial_jax.sweep.tables import comparison_table, sizes
+from radial_jax.sweep.tables import comparison_table, sizes, versus_table
 from radial_jax.sweep.verdict import Goal, judge, verdict_lines
 
 
@@ -132,3 +134,21 @@ def test_planned_params_come_from_the_arms_configs(tmp_path):
                   for a in manifest["arms"]]
     planned = planned_params(SweepArms([], unfinished, manifest), tmp_path)
     assert planned == {"dense_l": count_params(load_config("configs/tiny.yaml", wide))}
+
+
+def test_radial_against_each_family_says_who_is_lower_and_whether_seeds_resolve_it():
+    def two_seeds(group: str, lbl: str, lo: float, hi: float, flops: float) -> GroupStat:
+        s = stat(group, lbl, (lo + hi) / 2, flops, params=3)
+        return replace(s, seeds=(0, 1), n=2, eval_loss_min=lo, eval_loss_max=hi)
+
+    stats = [two_seeds("dense_s", "b1", 1.40, 1.46, 100.0), two_seeds("radial_s", "b1", 1.30, 1.35, 50.0),
+             two_seeds("mod_s", "b1", 1.33, 1.38, 60.0), stat("radial_s", "b2", 1.2, 50.0, params=3),
+             stat("dense_s", "b2", 1.1, 100.0, params=3)]
+    rows = [r for r in versus_table(stats, sizes(stats), "radial").splitlines()[2:]]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    assert [(c[1], c[2], c[5], c[6], c[7], c[8]) for c in cells] == [
+        ("3e+13", "dense", "-0.1050", "yes", "apart", "0.50x"),
+        ("3e+13", "mod", "-0.0300", "yes", "overlap", "0.83x"),
+        ("1.2e+14", "dense", "+0.1000", "no", "one seed", "0.50x")]
+    assert cells[0][3] == "1.3250 (1.3000-1.3500, n=2)"
+    assert versus_table(stats, sizes(stats), "mor") == ""

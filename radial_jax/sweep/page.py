@@ -27,6 +27,7 @@ from radial_jax.sweep.tables import (
     size_name,
     sizes,
     unfinished_table,
+    versus_table,
 )
 from radial_jax.sweep.verdict import Verdict, verdict_lines
 
@@ -159,6 +160,11 @@ def render(p: PageInputs) -> str:
            "Mean over seeds at equal training FLOPs (each arm's steps = its budget / its training FLOPs "
            "per token), with the min-max over seeds and n; each family against dense at the same size "
            "and budget.", "", comparison_table(p.stats, size), ""]
+    if versus := versus_table(p.stats, size, p.verdict.goal.target):
+        md += [f"### {p.verdict.goal.target} against each family", "",
+               "Loss as each model runs at inference (routed as decoding routes where measured, as in the "
+               "verdict), mean over seeds at equal training FLOPs; 'seed ranges': whether the two min-max "
+               "ranges over seeds are apart or overlap (a gap within seed noise).", "", versus, ""]
     figs = {k: v for k, v in p.figures.items() if k in ("frontier", "inference")}
     md += ["## Figures", ""] + [f"![{k}]({v})" for k, v in figs.items()] + [""]
     md += [f"**What they say.** {says(p.stats, size)}", "",

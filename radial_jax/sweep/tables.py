@@ -166,3 +166,45 @@ def comparison_table(stats: Sequence[GroupStat], size: Sizes, baseline: str = "d
     return "\n".join(table(["size", "budget", "family", "group", "params", "training FLOPs (spent)",
                             "eval loss: mean (min-max, n)", f"vs {baseline}", "eval loss at inference",
                             "inference FLOPs/token", f"x {baseline}"], rows))
+
+
+def _deployed(s: GroupStat) -> tuple[float | None, float | None, float | None]:
+    """(mean, min, max) over seeds of the loss as the model runs at inference (`deployed_loss`)."""
+    if s.inference_loss_mean is not None:
+        return s.inference_loss_mean, s.inference_loss_min, s.inference_loss_max
+    return s.eval_loss_mean, s.eval_loss_min, s.eval_loss_max
+
+
+def seed_ranges(a: GroupStat, b: GroupStat) -> str:
+    """'apart' when the two groups' min-max ranges over seeds do not touch, 'overlap' when they do
+    (the gap is within seed noise), 'one seed' when either group has fewer than two."""
+    if min(a.n, b.n) < 2:
+        return "one seed"
+    (_, alo, ahi), (_, blo, bhi) = _deployed(a), _deployed(b)
+    return "apart" if ahi < blo or bhi < alo else "overlap"
+
+
+def versus_table(stats: Sequence[GroupStat], size: Sizes, family: str) -> str:
+    """`family` against every other family at each size and budget: mean loss as run at inference
+    (with the min-max over seeds), the gap, whether the seed ranges are apart, and the ratio of
+    inference FLOPs per token. Empty when the family has no finished group."""
+    at: dict[tuple[int | None, str], list[GroupStat]] = {}
+    for s in stats:
+        at.setdefault((size.rank.get(s.group), s.budget_label), []).append(s)
+    rows = []
+    for s in sorted((s for s in stats if s.family == family),
+                    key=lambda s: (size.key(s.group), s.budget or s.training_flops)):
+        mine = _deployed(s)
+        for o in at[(size.rank.get(s.group), s.budget_label)]:
+            theirs = _deployed(o)
+            if o.family == family or mine[0] is None or theirs[0] is None:
+                continue
+            rows.append([size.name(s.group), budget(s), o.family, spread(*mine, s.n), spread(*theirs, o.n),
+                         f"{mine[0] - theirs[0]:+.4f}", "yes" if mine[0] < theirs[0] else "no",
+                         seed_ranges(s, o),
+                         f"{s.inference_flops_per_token / o.inference_flops_per_token:.2f}x"])
+    if not rows:
+        return ""
+    return "\n".join(table(["size", "budget", "against", f"{family}: mean (min-max, n)",
+                            "theirs: mean (min-max, n)", f"{family} - theirs", f"{family} lower",
+                            "seed ranges", "inference FLOPs/token, ratio"], rows))
