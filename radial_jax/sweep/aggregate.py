@@ -52,9 +52,13 @@ class GroupStat:
     def deployed_loss(self) -> tuple[float | None, bool]:
         """(mean eval loss of the model as it runs at its inference FLOPs, whether that is the
         measured inference-routed loss): the inference loss where measured, else the eval loss."""
+        return self.deployed_range()[0], self.inference_loss_mean is not None
+
+    def deployed_range(self) -> tuple[float | None, float | None, float | None]:
+        """(mean, min, max) over seeds of that loss."""
         if self.inference_loss_mean is not None:
-            return self.inference_loss_mean, True
-        return self.eval_loss_mean, False
+            return self.inference_loss_mean, self.inference_loss_min, self.inference_loss_max
+        return self.eval_loss_mean, self.eval_loss_min, self.eval_loss_max
 
 
 def _mean(xs: Sequence[float]) -> float | None:

@@ -168,19 +168,12 @@ def comparison_table(stats: Sequence[GroupStat], size: Sizes, baseline: str = "d
                             "inference FLOPs/token", f"x {baseline}"], rows))
 
 
-def _deployed(s: GroupStat) -> tuple[float | None, float | None, float | None]:
-    """(mean, min, max) over seeds of the loss as the model runs at inference (`deployed_loss`)."""
-    if s.inference_loss_mean is not None:
-        return s.inference_loss_mean, s.inference_loss_min, s.inference_loss_max
-    return s.eval_loss_mean, s.eval_loss_min, s.eval_loss_max
-
-
 def seed_ranges(a: GroupStat, b: GroupStat) -> str:
     """'apart' when the two groups' min-max ranges over seeds do not touch, 'overlap' when they do
     (the gap is within seed noise), 'one seed' when either group has fewer than two."""
     if min(a.n, b.n) < 2:
         return "one seed"
-    (_, alo, ahi), (_, blo, bhi) = _deployed(a), _deployed(b)
+    (_, alo, ahi), (_, blo, bhi) = a.deployed_range(), b.deployed_range()
     return "apart" if ahi < blo or bhi < alo else "overlap"
 
 
@@ -194,9 +187,9 @@ def versus_table(stats: Sequence[GroupStat], size: Sizes, family: str) -> str:
     rows = []
     for s in sorted((s for s in stats if s.family == family),
                     key=lambda s: (size.key(s.group), s.budget or s.training_flops)):
-        mine = _deployed(s)
+        mine = s.deployed_range()
         for o in at[(size.rank.get(s.group), s.budget_label)]:
-            theirs = _deployed(o)
+            theirs = o.deployed_range()
             if o.family == family or mine[0] is None or theirs[0] is None:
                 continue
             rows.append([size.name(s.group), budget(s), o.family, spread(*mine, s.n), spread(*theirs, o.n),
