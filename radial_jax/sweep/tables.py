@@ -180,15 +180,17 @@ def seed_ranges(a: GroupStat, b: GroupStat) -> str:
 def versus_table(stats: Sequence[GroupStat], size: Sizes, family: str) -> str:
     """`family` against every other family at each size and budget: mean loss as run at inference
     (with the min-max over seeds), the gap, whether the seed ranges are apart, and the ratio of
-    inference FLOPs per token. Empty when the family has no finished group."""
-    at: dict[tuple[int | None, str], list[GroupStat]] = {}
-    for s in stats:
-        at.setdefault((size.rank.get(s.group), s.budget_label), []).append(s)
+    inference FLOPs per token. Known sizes only, so no group is set against another size's; empty
+    when the family has no such group."""
+    known = [s for s in stats if size.rank.get(s.group) is not None]
+    at: dict[tuple[int, str], list[GroupStat]] = {}
+    for s in known:
+        at.setdefault((size.rank[s.group], s.budget_label), []).append(s)
     rows = []
-    for s in sorted((s for s in stats if s.family == family),
+    for s in sorted((s for s in known if s.family == family),
                     key=lambda s: (size.key(s.group), s.budget or s.training_flops)):
         mine = s.deployed_range()
-        for o in at[(size.rank.get(s.group), s.budget_label)]:
+        for o in at[(size.rank[s.group], s.budget_label)]:
             theirs = o.deployed_range()
             if o.family == family or mine[0] is None or theirs[0] is None:
                 continue
